@@ -1,0 +1,224 @@
+"""Decode an uploaded clip into the one waveform every later stage expects: float32 mono 16 kHz.
+
+Anything a user can upload passes through here first, so every way a file can be unusable maps to
+a typed `AudioError` with a stable `code` (stored with the failed item) and a message that says
+what was wrong with which numbers. No raw libsndfile error leaves this module.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16_000
+
+# Below this peak (-80 dBFS) a clip holds nothing a model can use; one 16-bit step is ~3e-5.
+SILENCE_PEAK = 1e-4
+
+# librosa.effects.trim measures loudness on frames of this size; matching the feature frames keeps
+# "what counts as silence" consistent with how the models see the clip.
+_TRIM_FRAME = 2048
+_TRIM_HOP = 512
+
+
+class AudioError(ValueError):
+    """An unusable clip: `code` is stable and machine-readable, the message is for people."""
+
+    code: str = "audio_error"
+
+
+class EmptyAudioError(AudioError):
+    code = "empty"
+
+
+class NotAudioError(AudioError):
+    code = "not_audio"
+
+
+class TruncatedAudioError(AudioError):
+    code = "truncated"
+
+
+class NonFiniteAudioError(AudioError):
+    code = "non_finite"
+
+
+class SilentAudioError(AudioError):
+    code = "silent"
+
+
+class TooShortError(AudioError):
+    code = "too_short"
+
+
+class TooLongError(AudioError):
+    code = "too_long"
+
+
+class FileTooLargeError(AudioError):
+    code = "too_large"
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_bytes: int = 50_000_000
+    max_duration_s: float = 60.0
+    min_duration_s: float = 0.25  # measured after trimming silence
+    trim_top_db: float = 60.0
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+    format: str  # libsndfile's major format name: "WAV", "FLAC", "OGG", "MP3", ...
+
+
+Source = str | os.PathLike | bytes
+
+# libsndfile repairs a WAV whose data chunk is shorter than its header declares (it reports the
+# frames actually present) and only notes the discrepancy in its log, e.g. "data : 32000 (should
+# be 15978)". That log line is the one place the declared size survives.
+_WAV_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _byte_size(source: Source) -> int:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    return os.stat(source).st_size
+
+
+def _open(source: Source) -> sf.SoundFile:
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
+    try:
+        return sf.SoundFile(stream)
+    except (sf.SoundFileError, RuntimeError) as exc:
+        raise NotAudioError(
+            f"file is not a readable audio file ({_libsndfile_reason(exc)})"
+        ) from exc
+
+
+def _libsndfile_reason(exc: BaseException) -> str:
+    # soundfile prefixes the message with the repr of the stream object, which means nothing to
+    # the person who uploaded the file.
+    message = str(exc)
+    return message.split(": ", 1)[1] if message.startswith("Error opening") else message
+
+
+def _check_size(source: Source, limits: AudioLimits) -> None:
+    size = _byte_size(source)
+    if size > limits.max_bytes:
+        raise FileTooLargeError(
+            f"file is {size:,} bytes; the maximum is {limits.max_bytes:,} bytes"
+        )
+    if size == 0:
+        raise EmptyAudioError("file is empty (0 bytes)")
+
+
+def _info(f: sf.SoundFile) -> AudioInfo:
+    return AudioInfo(
+        sample_rate=f.samplerate,
+        channels=f.channels,
+        frames=f.frames,
+        duration_s=f.frames / f.samplerate,
+        format=f.format,
+    )
+
+
+def probe(source: Source) -> AudioInfo:
+    """Read only the header: format, rate, channels and declared length."""
+    if _byte_size(source) == 0:
+        raise EmptyAudioError("file is empty (0 bytes)")
+    with _open(source) as f:
+        return _info(f)
+
+
+def _missing_wav_bytes(f: sf.SoundFile) -> tuple[int, int] | None:
+    match = _WAV_DATA_LOG.search(f.extra_info)
+    if match is None:
+        return None
+    declared, present = int(match.group(1)), int(match.group(2))
+    # A declared size below what is present (0 or 0xFFFFFFFF from streaming writers) is harmless.
+    return (declared, present) if declared > present else None
+
+
+def _decode(f: sf.SoundFile, info: AudioInfo) -> np.ndarray:
+    try:
+        samples = f.read(frames=info.frames, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as exc:
+        raise TruncatedAudioError(
+            f"{info.format} data could not be decoded to the end; the file is truncated or "
+            f"corrupt ({exc})"
+        ) from exc
+    # MP3 has no exact length in its header (libsndfile estimates it), so a short read proves
+    # nothing there; every other format states its length exactly.
+    if info.format != "MP3" and samples.shape[0] < info.frames:
+        raise TruncatedAudioError(
+            f"header declares {info.frames} frames ({info.duration_s:.2f} s) but only "
+            f"{samples.shape[0]} could be read; the file is truncated"
+        )
+    return samples
+
+
+def load_audio(
+    source: Source, limits: AudioLimits = AudioLimits(), *, trim: bool = True
+) -> np.ndarray:
+    """Decode a clip (path or raw bytes) into float32 mono at SAMPLE_RATE, edges trimmed.
+
+    Raises an `AudioError` subclass for every unusable clip; a missing path raises the usual
+    `FileNotFoundError` since that is the caller's fault, not the upload's.
+    """
+    _check_size(source, limits)
+    with _open(source) as f:
+        info = _info(f)
+        # Decided from the header so a small, highly compressed file cannot make us allocate
+        # hours of samples.
+        if info.duration_s > limits.max_duration_s:
+            raise TooLongError(
+                f"clip is {info.duration_s:.1f} s long; the maximum is {limits.max_duration_s:g} s"
+            )
+        missing = _missing_wav_bytes(f)
+        if missing is not None:
+            declared, present = missing
+            raise TruncatedAudioError(
+                f"WAV header declares {declared:,} bytes of audio but only {present:,} are "
+                "present; the file is truncated"
+            )
+        if info.frames == 0:
+            raise EmptyAudioError(f"{info.format} file contains no audio frames")
+        samples = _decode(f, info)
+
+    y = samples.mean(axis=1) if info.channels > 1 else samples[:, 0]
+    n_bad = int(np.count_nonzero(~np.isfinite(y)))
+    if n_bad:
+        raise NonFiniteAudioError(f"clip contains {n_bad} NaN or infinite samples")
+    # Before trimming: trim measures loudness relative to the peak, which is meaningless when
+    # there is no signal at all.
+    peak = float(np.max(np.abs(y)))
+    if peak < SILENCE_PEAK:
+        raise SilentAudioError(
+            f"clip is silent (peak amplitude {peak:.2g}, below {SILENCE_PEAK:g})"
+        )
+
+    if info.sample_rate != SAMPLE_RATE:
+        y = soxr.resample(y, info.sample_rate, SAMPLE_RATE, quality="HQ")
+    if trim:
+        y, _ = librosa.effects.trim(
+            y, top_db=limits.trim_top_db, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP
+        )
+    duration_s = y.shape[0] / SAMPLE_RATE
+    if duration_s < limits.min_duration_s:
+        after = " after trimming silence" if trim else ""
+        raise TooShortError(
+            f"clip is {duration_s:.2f} s{after}; the minimum is {limits.min_duration_s:g} s"
+        )
+    return np.ascontiguousarray(y, dtype=np.float32)

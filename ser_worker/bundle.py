@@ -1,0 +1,297 @@
+"""A versioned model bundle: one zip with ``manifest.json`` and a ``<name>.weights.h5`` per model.
+
+Only weights are stored: architectures are rebuilt from ``ser_worker.models`` with the input
+shape recorded in the manifest, so a bundle is small, carries no optimizer state and cannot
+smuggle in arbitrary layers. Keras and the feature code are imported lazily so that
+``read_manifest`` (used by the CLI and the promotion logic) stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ser_worker.labels import EMOTIONS, MODEL_NAMES
+
+if TYPE_CHECKING:
+    import keras
+
+    from ser_worker.features import FeatureSettings, Normalizer
+
+FORMAT = "ser-bundle/1"
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_SUFFIX = ".weights.h5"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, corrupt or not one this code can load."""
+
+
+@dataclass
+class Bundle:
+    manifest: dict
+    models: dict[str, keras.Model]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.manifest["labels"])
+
+    @cached_property
+    def feature_settings(self) -> FeatureSettings:
+        from ser_worker.features import FeatureSettings
+
+        return FeatureSettings.from_dict(self.manifest["feature_settings"])
+
+    @cached_property
+    def normalizer(self) -> Normalizer:
+        from ser_worker.features import Normalizer
+
+        return Normalizer.from_dict(self.manifest["normalizer"])
+
+
+def create_bundle(
+    models: dict[str, keras.Model],
+    *,
+    feature_settings: FeatureSettings,
+    normalizer: Normalizer,
+    split: dict | None = None,
+    history: dict | None = None,
+    metrics: dict | None = None,
+    training_data: dict | None = None,
+    licences: list[str] | None = None,
+    notes: str = "",
+    created_at: datetime | None = None,
+) -> Bundle:
+    """Assemble the manifest for freshly trained models and give the bundle its version.
+
+    The version is the creation time plus a hash of the weights and the manifest, so two
+    trainings started in the same second still get different versions.
+    """
+    from ser_worker.models import input_shape
+
+    unknown = set(models) - set(MODEL_NAMES)
+    if not models or unknown:
+        raise BundleError(f"a bundle needs models from {list(MODEL_NAMES)}, got {list(models)}")
+    created_at = created_at or datetime.now(UTC)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": None,
+        "created_at": created_at.isoformat(timespec="seconds"),
+        "labels": list(EMOTIONS),
+        "models": {
+            name: {
+                "input_shape": list(input_shape(name, feature_settings)),
+                "weights": f"{name}{WEIGHTS_SUFFIX}",
+                "parameters": int(model.count_params()),
+            }
+            for name, model in sorted(models.items())
+        },
+        "feature_settings": feature_settings.to_dict(),
+        "normalizer": normalizer.to_dict(),
+        "split": split or {},
+        "history": history or {},
+        "metrics": metrics or {},
+        "training_data": training_data or {},
+        "licences": list(licences or []),
+        "code_version": code_version(),
+        "notes": notes,
+    }
+    for name, model in models.items():
+        expected = tuple(manifest["models"][name]["input_shape"])
+        if tuple(model.input_shape[1:]) != expected:
+            raise BundleError(
+                f"{name} takes input {model.input_shape[1:]} "
+                f"but the feature settings give {expected}"
+            )
+    digest = hashlib.sha256(_canonical_json(manifest))
+    for name in sorted(models):
+        for array in models[name].get_weights():
+            digest.update(array.tobytes())
+    manifest["version"] = make_version(created_at, digest.hexdigest())
+    return Bundle(manifest=manifest, models=dict(models))
+
+
+def make_version(created_at: datetime, content_hash: str) -> str:
+    """``YYYYmmddTHHMMSSZ-<8 hex>``: sorts by time, unique by content."""
+    stamp = created_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{content_hash[:8]}"
+
+
+def code_version() -> dict[str, str | None]:
+    try:
+        package = metadata.version("ser")
+    except metadata.PackageNotFoundError:
+        package = None
+    return {"ser": package, "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def bundle_bytes(bundle: Bundle) -> bytes:
+    """The bundle as zip bytes, ready for a database column or object storage."""
+    _check_manifest(bundle.manifest)
+    missing = set(bundle.manifest["models"]) - set(bundle.models)
+    if missing:
+        raise BundleError(f"manifest lists models that the bundle lacks: {sorted(missing)}")
+    from ser_worker.models import build_model
+
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="ser-bundle-") as tmp:
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST_NAME, json.dumps(bundle.manifest, indent=2, sort_keys=True))
+            for name, entry in bundle.manifest["models"].items():
+                # save_weights of a compiled model also writes the optimizer's slots (twice the
+                # model again for Adam); an uncompiled twin writes the model weights alone.
+                bare = build_model(name, tuple(entry["input_shape"]))
+                bare.set_weights(bundle.models[name].get_weights())
+                # Keras only writes weights to a real file whose name ends in .weights.h5.
+                weights_path = Path(tmp) / entry["weights"]
+                bare.save_weights(weights_path)
+                archive.write(weights_path, entry["weights"])
+    return buffer.getvalue()
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write the bundle atomically: a reader never sees a half-written zip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(bundle_bytes(bundle))
+    partial.replace(path)
+    return path
+
+
+def read_manifest(source: str | Path | bytes) -> dict:
+    """The validated manifest of a bundle, without loading Keras or the weights."""
+    with _open_zip(source) as archive:
+        return _manifest_from(archive)
+
+
+def load_bundle(source: str | Path | bytes) -> Bundle:
+    """Load and validate a bundle; any problem is raised as a BundleError."""
+    from ser_worker.models import build_model
+
+    with _open_zip(source) as archive:
+        manifest = _manifest_from(archive)
+        models = {}
+        with tempfile.TemporaryDirectory(prefix="ser-bundle-") as tmp:
+            for name, entry in manifest["models"].items():
+                weights_name = entry["weights"]
+                try:
+                    data = archive.read(weights_name)
+                except KeyError:
+                    raise BundleError(f"bundle has no weights file {weights_name!r}") from None
+                except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                    raise BundleError(f"weights {weights_name!r} are corrupt: {exc}") from exc
+                weights_path = Path(tmp) / f"{name}{WEIGHTS_SUFFIX}"
+                weights_path.write_bytes(data)
+                model = build_model(name, tuple(entry["input_shape"]))
+                try:
+                    model.load_weights(weights_path)
+                except Exception as exc:  # h5py and Keras raise many unrelated types
+                    raise BundleError(f"cannot load weights for {name}: {exc}") from exc
+                models[name] = model
+    bundle = Bundle(manifest=manifest, models=models)
+    try:
+        settings = bundle.feature_settings
+        _ = bundle.normalizer
+    except Exception as exc:  # from_dict of a malformed manifest can fail in many ways
+        raise BundleError(f"invalid feature settings or normalizer in manifest: {exc}") from exc
+    _check_shapes(manifest, settings)
+    return bundle
+
+
+def _open_zip(source: str | Path | bytes) -> zipfile.ZipFile:
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return zipfile.ZipFile(io.BytesIO(bytes(source)))
+        return zipfile.ZipFile(Path(source))
+    except FileNotFoundError:
+        raise BundleError(f"bundle not found: {source}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise BundleError(f"not a readable bundle zip: {exc}") from exc
+
+
+def _manifest_from(archive: zipfile.ZipFile) -> dict:
+    try:
+        manifest = json.loads(archive.read(MANIFEST_NAME))
+    except KeyError:
+        raise BundleError(f"bundle has no {MANIFEST_NAME}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise BundleError(f"{MANIFEST_NAME} is corrupt: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    _check_manifest(manifest)
+    return manifest
+
+
+def _check_manifest(manifest: Any) -> None:
+    if not isinstance(manifest, dict):
+        raise BundleError("manifest is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(
+            f"unsupported bundle format {manifest.get('format')!r}; expected {FORMAT}"
+        )
+    if not manifest.get("version"):
+        raise BundleError("manifest has no version")
+    if manifest.get("labels") != list(EMOTIONS):
+        raise BundleError(
+            f"bundle labels {manifest.get('labels')!r} differ from this code's {list(EMOTIONS)}"
+        )
+    models = manifest.get("models")
+    if not isinstance(models, dict) or not models:
+        raise BundleError("manifest lists no models")
+    for name, entry in models.items():
+        if name not in MODEL_NAMES:
+            raise BundleError(f"unknown model {name!r} in manifest; expected {list(MODEL_NAMES)}")
+        if not isinstance(entry, dict) or "input_shape" not in entry or "weights" not in entry:
+            raise BundleError(f"manifest entry for {name} needs input_shape and weights")
+    for key in ("feature_settings", "normalizer"):
+        if not isinstance(manifest.get(key), dict):
+            raise BundleError(f"manifest has no {key}")
+
+
+def _check_shapes(manifest: dict, settings: FeatureSettings) -> None:
+    # Inference shapes inputs from the feature settings, so a model built for another shape
+    # would only fail at the first prediction; catch it when the bundle is loaded instead.
+    from ser_worker.models import input_shape
+
+    for name, entry in manifest["models"].items():
+        expected = list(input_shape(name, settings))
+        if list(entry["input_shape"]) != expected:
+            raise BundleError(
+                f"{name} input shape {entry['input_shape']} does not match the bundle's "
+                f"feature settings {expected}"
+            )
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,66 @@
+"""One experiment: train on a split's training side, evaluate on its test side, make the bundle.
+
+Shared by the training task, the default-model script and the results report, so that every
+figure we publish comes from the same code path that produces the served models.
+"""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ser_worker.bundle import Bundle, create_bundle
+from ser_worker.datasets import LabelledClip, Split
+from ser_worker.inference import predict
+from ser_worker.metrics import evaluate
+from ser_worker.training import TrainConfig, train
+
+
+def evaluate_bundle(
+    bundle: Bundle, waveforms: Sequence[np.ndarray], labels: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Metrics per model (and the ensemble, when the bundle has both) on labelled waveforms."""
+    predictions = predict(bundle, waveforms)
+    return {
+        model: evaluate(labels, [clip[model].emotion for clip in predictions])
+        for model in predictions[0]
+    }
+
+
+def train_and_evaluate(
+    waveforms: Sequence[np.ndarray],
+    clips: Sequence[LabelledClip],
+    split: Split,
+    config: TrainConfig,
+    *,
+    cache_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    training_data: dict[str, Any] | None = None,
+    licences: Sequence[str] = (),
+) -> tuple[Bundle, dict[str, dict[str, Any]]]:
+    def side(indices: Sequence[int]) -> tuple[list[np.ndarray], list[str]]:
+        return [waveforms[i] for i in indices], [clips[i].emotion for i in indices]
+
+    train_x, train_y = side(split.train)
+    val_x, val_y = side(split.val)
+    test_x, test_y = side(split.test)
+    result = train(train_x, train_y, val_x, val_y, config, cache_dir=cache_dir, progress=progress)
+    bundle = create_bundle(
+        result.models,
+        feature_settings=config.feature_settings,
+        normalizer=result.normalizer,
+        split=split.to_dict(),
+        history=result.history,
+        training_data={
+            "clips": len(clips),
+            "sizes": {"train": len(train_x), "val": len(val_x), "test": len(test_x)},
+            "epochs_run": result.epochs_run,
+            "seconds": round(result.seconds, 1),
+            **(training_data or {}),
+        },
+        licences=list(licences),
+    )
+    metrics = evaluate_bundle(bundle, test_x, test_y)
+    bundle.manifest["metrics"] = metrics
+    return bundle, metrics

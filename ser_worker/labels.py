@@ -1,0 +1,17 @@
+"""The six emotion classes, in the fixed order every model output and confusion matrix uses."""
+
+EMOTIONS: tuple[str, ...] = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
+EMOTION_NAMES: dict[str, str] = {
+    "ANG": "angry",
+    "DIS": "disgust",
+    "FEA": "fear",
+    "HAP": "happy",
+    "NEU": "neutral",
+    "SAD": "sad",
+}
+MODEL_NAMES: tuple[str, ...] = ("cnn1d", "cnn2d")
+ENSEMBLE = "ensemble"
+
+
+def emotion_index(code: str) -> int:
+    return EMOTIONS.index(code)
