@@ -37,9 +37,10 @@ def collect(paths: list[Path], *, scheme: str, max_bytes: int) -> Collected:
 
 
 def _display_name(path: Path, root: Path) -> str:
-    if root.is_file():
-        return path.name
-    return str(Path(root.resolve().name) / path.relative_to(root))
+    name = path.name if root.is_file() else str(Path(root.resolve().name) / path.relative_to(root))
+    # A name that is not valid UTF-8 (old Latin-1 archives) reaches Python as surrogate escapes,
+    # which no database text column accepts: show each undecodable byte as U+FFFD instead.
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read(

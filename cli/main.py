@@ -9,20 +9,24 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from kombu.exceptions import OperationalError as BrokerError
+from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.orm import Session
 
 from cli.collect import NothingToSubmit, collect
 from ser_worker import store
+from ser_worker.bundle import BundleError
 from ser_worker.celery_app import app
 from ser_worker.datasets import SCHEMES
 from ser_worker.db.models import Evaluation, ModelVersion, Submission, TrainingRun
@@ -33,6 +37,7 @@ from ser_worker.settings import Settings, get_settings
 
 console = Console(stderr=True)
 POLL_SECONDS = 0.5
+T = TypeVar("T")
 
 
 class ServiceError(click.ClickException):
@@ -56,7 +61,8 @@ def _check_services(settings: Settings) -> None:
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=5)
         except (BrokerError, OSError) as error:
-            raise ServiceError(f"broker unreachable ({settings.broker_url}): {error}") from None
+            broker = maybe_sanitize_url(settings.broker_url)
+            raise ServiceError(f"broker unreachable ({broker}): {error}") from None
 
 
 @click.group()
@@ -91,8 +97,6 @@ def _submit(
     version_name: str | None = None,
     force: bool = False,
 ) -> tuple[str, Any]:
-    from ser_worker.tasks.inference import infer
-
     try:
         collected = collect(list(paths), scheme=scheme, max_bytes=settings.max_file_bytes)
     except NothingToSubmit as error:
@@ -108,7 +112,7 @@ def _submit(
         else:
             try:
                 version = store.ensure_active_version(session)
-            except store.NoModelError as error:
+            except (store.NoModelError, BundleError) as error:
                 raise click.ClickException(str(error)) from None
         submission = store.create_submission(
             session,
@@ -120,7 +124,15 @@ def _submit(
         )
         batches = store.pending_item_batches(session, submission.id, settings.batch_size)
     for path in collected.unsupported:
-        console.print(f"[yellow]skipped[/] {path}: not a supported audio file")
+        reason = "folder not readable" if Path(path).is_dir() else "not a supported audio file"
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    _enqueue(settings, submission.id, batches)
+    return submission.id, collected
+
+
+def _enqueue(settings: Settings, submission_id: str, batches: list[list[int]]) -> None:
+    from ser_worker.tasks.inference import infer
+
     with _progress(settings.embedded) as progress:
         task = progress.add_task(
             "processing" if settings.embedded else "enqueueing", total=len(batches)
@@ -129,9 +141,11 @@ def _submit(
             try:
                 infer.apply_async(args=[batch])
             except BrokerError as error:
-                raise ServiceError(f"broker unreachable while enqueueing: {error}") from None
+                raise ServiceError(
+                    f"broker unreachable while enqueueing: {error}. The submission is stored; "
+                    f"once the broker is back, run `ser-cli resume {submission_id}`."
+                ) from None
             progress.advance(task)
-    return submission.id, collected
 
 
 def _progress(visible: bool = True) -> Progress:
@@ -145,14 +159,30 @@ def _progress(visible: bool = True) -> Progress:
     )
 
 
+def _poll(read: Callable[[Session], T]) -> T:
+    """``read(session)`` for a waiting loop, waiting out a database outage as the workers do."""
+    warned = False
+    while True:
+        try:
+            with session_scope() as session:
+                return read(session)
+        except DatabaseError as error:
+            if not warned:
+                console.print(
+                    f"[yellow]database unavailable ({type(error.orig).__name__}); "
+                    "waiting for it to come back[/]"
+                )
+                warned = True
+            time.sleep(POLL_SECONDS * 4)
+
+
 def _wait_for_items(submission_id: str) -> None:
     with session_scope() as session:
         total = sum(store.status_counts(session, submission_id).values())
     with _progress() as progress:
         task = progress.add_task("waiting", total=total)
         while True:
-            with session_scope() as session:
-                counts = store.status_counts(session, submission_id)
+            counts = _poll(lambda session: store.status_counts(session, submission_id))
             progress.update(task, completed=total - counts.get("pending", 0))
             if not counts.get("pending"):
                 return
@@ -228,14 +258,51 @@ def submit(
         else:
             click.echo(submission_id)
         return
+    _wait_and_report(submission_id, as_json, unsupported=collected.unsupported)
+
+
+def _wait_and_report(submission_id: str, as_json: bool, **extra: Any) -> None:
     _wait_for_items(submission_id)
-    summary = _summary(submission_id)
-    summary["unsupported"] = collected.unsupported
+    summary = {**_summary(submission_id), **extra}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(submission_id)
         _print_summary(summary)
+
+
+@cli.command()
+@click.argument("submission", required=False)
+@click.option("--wait", is_flag=True, help="Follow the submission until every clip is processed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_obj
+def resume(settings: Settings, submission: str | None, wait: bool, as_json: bool) -> None:
+    """Enqueue again the clips of a submission (default: the latest) that are still pending.
+
+    For when the broker lost queued tasks (a restart without persistence, or an enqueue cut
+    short): the database still knows which clips are pending. Safe at any time: a clip that is
+    no longer pending is skipped, and a prediction is stored once per clip and model version.
+
+    Example: ser-cli resume 3f2c... --wait
+    """
+    _check_services(settings)
+    submission_id = _resolve_submission(submission)
+    with session_scope() as session:
+        if session.get(Submission, submission_id).kind == "train":
+            raise click.ClickException(
+                f"submission {submission_id} holds training clips; run `ser-cli train` again"
+            )
+        batches = store.pending_item_batches(session, submission_id, settings.batch_size)
+    _enqueue(settings, submission_id, batches)
+    pending = sum(map(len, batches))
+    console.print(f"re-enqueued {pending} pending clips")
+    if not wait:
+        if as_json:
+            click.echo(json.dumps({"submission": submission_id, "pending": pending}))
+        else:
+            click.echo(submission_id)
+        return
+    _wait_and_report(submission_id, as_json)
 
 
 @cli.command()
@@ -264,13 +331,18 @@ def evaluate(
         click.echo(submission_id)
         return
     _wait_for_items(submission_id)
+
+    def read_evaluation(session: Session) -> tuple[Evaluation | None, ModelVersion | None]:
+        evaluation = session.scalar(
+            select(Evaluation).where(Evaluation.submission_id == submission_id)
+        )
+        if evaluation is None:
+            return None, None
+        return evaluation, session.get(ModelVersion, evaluation.model_version_id)
+
     evaluation = None
     while evaluation is None:
-        with session_scope() as session:
-            evaluation = session.scalar(
-                select(Evaluation).where(Evaluation.submission_id == submission_id)
-            )
-            version = session.get(ModelVersion, evaluation.model_version_id) if evaluation else None
+        evaluation, version = _poll(read_evaluation)
         if evaluation is None:
             time.sleep(POLL_SECONDS)
     result = {
@@ -503,12 +575,15 @@ def train(
     if not wait:
         click.echo(run_id)
         return
+
+    def read_run(session: Session) -> tuple[TrainingRun, ModelVersion | None]:
+        run = session.get(TrainingRun, run_id)
+        if run.model_version_id is None:
+            return run, None
+        return run, session.get(ModelVersion, run.model_version_id)
+
     while True:
-        with session_scope() as session:
-            run = session.get(TrainingRun, run_id)
-            version = (
-                session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-            )
+        run, version = _poll(read_run)
         if run.status in ("succeeded", "failed"):
             break
         time.sleep(POLL_SECONDS * 4)
@@ -526,13 +601,31 @@ def train(
 
 @cli.command(name="models")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option(
+    "--activate",
+    metavar="VERSION",
+    help="Make VERSION the active model for new submissions (e.g. to roll back), once its "
+    "bundle is checked intact.",
+)
 @click.pass_obj
-def models_command(settings: Settings, as_json: bool) -> None:
+def models_command(settings: Settings, as_json: bool, activate: str | None) -> None:
     """List model versions and which one is active.
 
     Example: ser-cli models --json
     """
     _check_services(settings)
+    if activate:
+        with session_scope() as session:
+            version = store.find_version(session, activate)
+            if version is None:
+                raise click.ClickException(f"no model version {activate!r}; see `ser-cli models`")
+            try:
+                store.promote_version(session, version)
+            except BundleError as error:
+                raise click.ClickException(
+                    f"model version {activate} not activated, the active one is unchanged: {error}"
+                ) from None
+        console.print(f"active model version: {activate}")
     with session_scope() as session:
         versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at)).all()
         listing = [

@@ -97,14 +97,37 @@ def _byte_size(source: Source) -> int:
     return os.stat(source).st_size
 
 
+def _head(source: Source, n: int) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source[:n])
+    with open(source, "rb") as f:
+        return f.read(n)
+
+
+def _declared_riff_bytes(head: bytes) -> int | None:
+    """The total file size a RIFF (WAV) header declares, or None when it is not RIFF or the
+    writer left a placeholder (0 or 0xFFFFFFFF when streaming)."""
+    if len(head) < 8 or head[:4] not in (b"RIFF", b"RIFX"):
+        return None
+    size = int.from_bytes(head[4:8], "little" if head[:4] == b"RIFF" else "big")
+    return None if size in (0, 0xFFFFFFFF) else size + 8
+
+
 def _open(source: Source) -> sf.SoundFile:
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
     try:
         return sf.SoundFile(stream)
     except (sf.SoundFileError, RuntimeError) as exc:
-        raise NotAudioError(
-            f"file is not a readable audio file ({_libsndfile_reason(exc)})"
-        ) from exc
+        reason = _libsndfile_reason(exc)
+        # libsndfile calls a WAV cut off inside its header "malformed"; the RIFF size field says
+        # how long the file was meant to be, which tells a truncated upload from a corrupt one.
+        declared, size = _declared_riff_bytes(_head(source, 8)), _byte_size(source)
+        if declared is not None and size < declared:
+            raise TruncatedAudioError(
+                f"WAV header is cut off: the RIFF header declares {declared:,} bytes but the file "
+                f"has only {size:,}; the file is truncated ({reason})"
+            ) from exc
+        raise NotAudioError(f"file is not a readable audio file ({reason})") from exc
 
 
 def _libsndfile_reason(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tempfile
 import zipfile
@@ -152,7 +153,9 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
 
 
 def bundle_bytes(bundle: Bundle) -> bytes:
@@ -183,9 +186,19 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write the bundle atomically: a reader never sees a half-written zip."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(bundle_bytes(bundle))
-    partial.replace(path)
+    data = bundle_bytes(bundle)
+    # A unique temporary name in the target folder: the final rename is atomic, and two
+    # writers of the same path cannot interleave their bytes.
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        # mkstemp makes the file private; a bundle is read by other worker users too.
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -201,7 +214,13 @@ def load_bundle(source: str | Path | bytes) -> Bundle:
 
     with _open_zip(source) as archive:
         manifest = _manifest_from(archive)
-        models = {}
+        bundle = Bundle(manifest=manifest, models={})
+        try:
+            settings = bundle.feature_settings
+            _ = bundle.normalizer
+        except Exception as exc:  # from_dict of a malformed manifest can fail in many ways
+            raise BundleError(f"invalid feature settings or normalizer in manifest: {exc}") from exc
+        _check_shapes(manifest, settings)
         with tempfile.TemporaryDirectory(prefix="ser-bundle-") as tmp:
             for name, entry in manifest["models"].items():
                 weights_name = entry["weights"]
@@ -218,14 +237,7 @@ def load_bundle(source: str | Path | bytes) -> Bundle:
                     model.load_weights(weights_path)
                 except Exception as exc:  # h5py and Keras raise many unrelated types
                     raise BundleError(f"cannot load weights for {name}: {exc}") from exc
-                models[name] = model
-    bundle = Bundle(manifest=manifest, models=models)
-    try:
-        settings = bundle.feature_settings
-        _ = bundle.normalizer
-    except Exception as exc:  # from_dict of a malformed manifest can fail in many ways
-        raise BundleError(f"invalid feature settings or normalizer in manifest: {exc}") from exc
-    _check_shapes(manifest, settings)
+                bundle.models[name] = model
     return bundle
 
 

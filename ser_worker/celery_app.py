@@ -29,6 +29,10 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # A whole worker killed (host lost, SIGKILL) cannot give its task back: Redis hands it to
+    # another worker after this timeout. Above the longest task (a training run), or a task
+    # still running is delivered a second time; the tasks make that harmless, not free.
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     task_queues=(Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE)),
     task_default_queue=INFERENCE_QUEUE,
     task_routes={"ser.train": {"queue": TRAINING_QUEUE}, "ser.retrain": {"queue": TRAINING_QUEUE}},

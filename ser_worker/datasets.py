@@ -300,12 +300,19 @@ def find_audio_files(root: str | Path) -> tuple[list[Path], list[Path]]:
         return ([root], []) if _is_audio(root) else ([], [root])
     audio: list[Path] = []
     other: list[Path] = []
+
+    def unreadable_folder(error: OSError) -> None:
+        # Reported with the other skipped paths instead of vanishing without a word.
+        other.append(Path(error.filename))
+
     # followlinks=False: a symlink pointing back up the tree would otherwise recurse forever.
-    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+    for folder, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=False):
         dirnames[:] = [name for name in dirnames if not name.startswith(".")]
         for name in filenames:
             path = Path(folder, name)
-            wanted = not name.startswith(".") and _is_audio(path) and path.is_file()
+            # A FIFO or dangling link named .wav is still the user's clip: reading it fails
+            # later with a clear "unreadable" error rather than "not audio".
+            wanted = not name.startswith(".") and _is_audio(path)
             (audio if wanted else other).append(path)
     return sorted(audio), sorted(other)
 

@@ -7,6 +7,7 @@ This module runs on the worker hot path: everything is vectorised over frames.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -79,11 +80,26 @@ class ClipFeatures:
         return self.zcr.shape[0]
 
 
+# librosa.zero_crossings' default: samples within this of zero count as zero (positive sign).
+_ZC_THRESHOLD = 1e-10
+
+
 def zero_crossing_rate(y: np.ndarray, s: FeatureSettings) -> np.ndarray:
-    zcr = librosa.feature.zero_crossing_rate(
-        y, frame_length=s.frame_length, hop_length=s.hop_length, center=True
-    )
-    return zcr[0].astype(np.float32, copy=False)
+    """librosa.feature.zero_crossing_rate(y, center=True), bit for bit, in one pass over y.
+
+    librosa frames the edge-padded signal and tests every sample of every frame, four times per
+    sample at hop = frame / 4; here each crossing is found once and counted per frame from a
+    cumulative sum. A crossing sits between samples j-1 and j when exactly one of them is below
+    -threshold (librosa zeroes |x| <= threshold and counts 0 as positive); a frame counts the
+    crossings at its positions 1..frame_length-1 and divides by frame_length.
+    """
+    half = s.frame_length // 2
+    negative = np.pad(y < -y.dtype.type(_ZC_THRESHOLD), (half, half), mode="edge")
+    cumulative = np.zeros(negative.shape[0], dtype=np.int64)
+    np.cumsum(negative[1:] != negative[:-1], out=cumulative[1:])
+    starts = np.arange(0, negative.shape[0] - s.frame_length + 1, s.hop_length)
+    counts = cumulative[starts + s.frame_length - 1] - cumulative[starts]
+    return (counts / s.frame_length).astype(np.float32)
 
 
 def frame_energy(y: np.ndarray, s: FeatureSettings) -> np.ndarray:
@@ -96,9 +112,27 @@ def frame_energy(y: np.ndarray, s: FeatureSettings) -> np.ndarray:
     return energy.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    basis.flags.writeable = False
+    return basis
+
+
 def log_mel(y: np.ndarray, s: FeatureSettings) -> np.ndarray:
-    mel = librosa.feature.melspectrogram(
-        y=y, sr=s.sample_rate, n_fft=s.frame_length, hop_length=s.hop_length, n_mels=s.n_mels
+    """librosa.power_to_db(librosa.feature.melspectrogram(...), ref=np.max), bit for bit.
+
+    The same operations as librosa.feature.melspectrogram, except that the mel filter bank
+    (which librosa rebuilds on every call, as long as the STFT itself) is built once per setting.
+    """
+    power = (
+        np.abs(librosa.stft(y, n_fft=s.frame_length, hop_length=s.hop_length, center=True)) ** 2.0
+    )
+    mel = np.einsum(
+        "...ft,mf->...mt",
+        power,
+        _mel_basis(s.sample_rate, s.frame_length, s.n_mels),
+        optimize=True,
     )
     return librosa.power_to_db(mel, ref=np.max).astype(np.float32, copy=False)
 

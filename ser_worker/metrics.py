@@ -114,12 +114,11 @@ def plot_confusion(
     title: str = "Confusion matrix",
 ) -> Path:
     """Heatmap coloured by row-normalised rate (recall per true class), annotated with counts."""
-    figure_cls = _figure_class()
     matrix = np.asarray(confusion, dtype=np.int64)
     rows = matrix.sum(axis=1, keepdims=True)
     rates = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
 
-    fig = figure_cls(figsize=(6.4, 5.6), layout="constrained")
+    fig = _new_figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="share of true class")
@@ -146,14 +145,16 @@ def plot_history(
     history: Mapping[str, Sequence[float]], path: str | Path, title: str = "Training history"
 ) -> Path:
     """Loss and accuracy per epoch, training against validation, side by side."""
-    figure_cls = _figure_class()
-    fig = figure_cls(figsize=(10, 4), layout="constrained")
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             values = history.get(key)
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, label=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -163,12 +164,15 @@ def plot_history(
     return _save(fig, path)
 
 
-def _figure_class():
-    # A bare Figure renders through Agg without pyplot's global state, so plotting is safe in
-    # worker threads and never tries to open a display.
+def _new_figure(**kwargs):
+    # A Figure on its own Agg canvas bypasses pyplot's global state and backend selection, so
+    # plotting is safe in worker threads and never tries to open a display.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         86_400.0, gt=0, description="Celery beat interval for scheduled retraining."
     )
     train_epochs: int = Field(30, ge=1, description="Epochs for scheduled retraining.")
+    visibility_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds before Redis hands a task whose worker vanished to another worker.",
+    )
     tf_threads: int = Field(
         0, ge=0, description="Threads TensorFlow may use per worker process (0 = its default)."
     )

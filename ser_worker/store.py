@@ -4,7 +4,10 @@ Nothing here imports TensorFlow or librosa: the CLI uses this module directly.
 """
 
 import hashlib
+import io
 import uuid
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,12 +61,21 @@ def _insert(session: Session, model: type):
     return sqlite_insert(model)
 
 
-def store_audio(session: Session, data: bytes) -> str:
-    """Store the bytes once per content hash; a clip submitted twice is stored once."""
-    digest = sha256_hex(data)
-    statement = _insert(session, AudioBlob).values(sha256=digest, size_bytes=len(data), data=data)
-    session.execute(statement.on_conflict_do_nothing(index_elements=["sha256"]))
-    return digest
+def store_audio(session: Session, clips: Sequence[bytes]) -> list[str]:
+    """Store each content once: bytes already in the store are not sent to the database again.
+
+    Returns the sha256 of every clip, in order.
+    """
+    digests = [sha256_hex(data) for data in clips]
+    known = set(session.scalars(select(AudioBlob.sha256).where(AudioBlob.sha256.in_(digests))))
+    new = {digest: data for digest, data in zip(digests, clips, strict=True) if digest not in known}
+    if new:
+        rows = [{"sha256": d, "size_bytes": len(data), "data": data} for d, data in new.items()]
+        # A concurrent submission may store the same clip between the query and the insert.
+        session.execute(
+            _insert(session, AudioBlob).on_conflict_do_nothing(index_elements=["sha256"]), rows
+        )
+    return digests
 
 
 # --- model versions ----------------------------------------------------------------------------
@@ -103,6 +115,37 @@ def activate_version(session: Session, version: ModelVersion) -> None:
     session.flush()
 
 
+def promote_version(session: Session, version: ModelVersion) -> None:
+    """Make ``version`` the active one, unless its bundle is damaged (BundleError).
+
+    Checked before the active flag moves, so the version active now keeps serving.
+    """
+    check_bundle(version.bundle, version.bundle_sha256)
+    activate_version(session, version)
+
+
+def check_bundle(bundle: bytes | None, sha256: str) -> None:
+    """Raise BundleError unless ``bundle`` is the intact zip that was registered under ``sha256``.
+
+    Keras-free (the CLI promotes the shipped bundle): the checksum, each member's CRC, the
+    manifest. Catches bytes damaged or lost in storage since registration.
+    """
+    from ser_worker.bundle import BundleError, read_manifest
+
+    if not bundle:
+        raise BundleError("the model bundle is missing (no bytes stored)")
+    if sha256_hex(bundle) != sha256:
+        raise BundleError("the model bundle is corrupt: its bytes no longer match their checksum")
+    read_manifest(bundle)
+    try:
+        with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
+        raise BundleError(f"the model bundle is corrupt: {error}") from error
+    if damaged is not None:
+        raise BundleError(f"the model bundle is corrupt: {damaged} fails its CRC check")
+
+
 def ensure_active_version(session: Session) -> ModelVersion:
     """The active version; on a fresh store, the bundle shipped in the package becomes it."""
     version = active_version(session)
@@ -120,10 +163,10 @@ def ensure_active_version(session: Session) -> ModelVersion:
     existing = session.scalar(
         select(ModelVersion).where(ModelVersion.version == manifest["version"])
     )
-    if existing is not None:
-        activate_version(session, existing)
-        return existing
-    return register_version(session, bundle, manifest, source="shipped", activate=True)
+    if existing is None:
+        existing = register_version(session, bundle, manifest, source="shipped", activate=False)
+    promote_version(session, existing)
+    return existing
 
 
 def find_version(session: Session, version: str) -> ModelVersion | None:
@@ -162,6 +205,7 @@ def create_submission(
         force=force,
     )
     session.add(submission)
+    digests = iter(store_audio(session, [u.data for u in uploads if u.data is not None]))
     for upload in uploads:
         common = {
             "filename": upload.filename,
@@ -177,7 +221,7 @@ def create_submission(
                 **common,
             )
         else:
-            item = SubmissionItem(sha256=store_audio(session, upload.data), **common)
+            item = SubmissionItem(sha256=next(digests), **common)
         submission.items.append(item)
     session.flush()
     return submission
@@ -206,6 +250,27 @@ def latest_submission_id(session: Session) -> str | None:
 
 
 # --- predictions -------------------------------------------------------------------------------
+
+
+def lock_audio(session: Session, sha256s: Iterable[str], model_version_id: int) -> None:
+    """Hold these clips for this version until the transaction ends (PostgreSQL).
+
+    A worker about to predict a clip that another worker is predicting for the same version
+    waits, then finds its predictions stored and reuses them: each clip is computed once per
+    version even when submissions overlap. Locks are taken in one global order, so two batches
+    sharing clips cannot deadlock. SQLite has no such locks: there the unique key alone keeps
+    one row per clip, version and model.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for key in sorted({audio_lock_key(sha256) for sha256 in sha256s}):
+        session.execute(select(func.pg_advisory_xact_lock(model_version_id, key)))
+
+
+def audio_lock_key(sha256: str) -> int:
+    """A clip's advisory lock key, next to its version's id: 32 bits of its content hash as a
+    signed int4 (two clips that collide only wait for each other)."""
+    return int(sha256[:8], 16) - 2**31
 
 
 def existing_predictions(

@@ -17,13 +17,16 @@ def infer(item_ids: list[int]) -> dict[str, int]:
     with session_scope() as session:
         items = session.scalars(
             select(SubmissionItem)
-            .where(SubmissionItem.id.in_(item_ids), SubmissionItem.status == "pending")
+            .where(SubmissionItem.id.in_(item_ids))
             .options(selectinload(SubmissionItem.submission))
         ).all()
         if not items:
-            return {"done": 0, "failed": 0}
+            return {"done": 0, "failed": 0, "computed": 0}
         submission = items[0].submission
-        outcome = _predict_items(session, submission, items)
+        # Items already processed (a redelivered or resumed batch) are skipped, but the
+        # evaluation step below still runs: the first delivery may have died just before it.
+        pending = [item for item in items if item.status == "pending"]
+        outcome = _predict_items(session, submission, pending)
     if submission.kind == "evaluate":
         with session_scope() as session:
             store.save_evaluation(session, session.get(Submission, submission.id))
@@ -35,9 +38,14 @@ def _predict_items(
 ) -> dict[str, int]:
     from ser_worker import runtime
     from ser_worker.audio import SAMPLE_RATE, AudioError, load_audio
+    from ser_worker.bundle import BundleError
     from ser_worker.inference import predict
 
+    counts = {"done": 0, "failed": 0, "computed": 0}
+    if not items:
+        return counts
     version_id = submission.model_version_id
+    store.lock_audio(session, (item.sha256 for item in items), version_id)
     reusable = (
         {}
         if submission.force
@@ -59,9 +67,17 @@ def _predict_items(
         except Exception as error:  # a decoder bug on odd input must fail this clip, not the batch
             errors[blob.sha256] = ("decode_error", f"{type(error).__name__}: {error}")
 
+    if waveforms:
+        try:
+            bundle = runtime.bundle_for(session, version_id)
+        except BundleError as error:
+            # A corrupt or missing bundle does not heal by retrying: fail the clips with the
+            # reason instead of failing the task and leaving them pending forever.
+            message = f"model version {submission.model_version.version} cannot be used: {error}"
+            errors.update(dict.fromkeys(waveforms, ("model_error", message)))
+            waveforms = {}
     rows: list[dict[str, Any]] = []
     if waveforms:
-        bundle = runtime.bundle_for(session, version_id)
         now = utcnow()
         for sha256, by_model in zip(
             waveforms, predict(bundle, list(waveforms.values())), strict=True
@@ -80,7 +96,7 @@ def _predict_items(
                 )
     store.save_predictions(session, rows, overwrite=submission.force)
 
-    counts = {"done": 0, "failed": 0}
+    counts["computed"] = len(waveforms)
     for item in items:
         item.processed_at = utcnow()
         if item.sha256 in errors:

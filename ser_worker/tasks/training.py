@@ -35,11 +35,12 @@ def train(run_id: int) -> dict[str, Any]:
     except Exception as error:
         with session_scope() as session:
             run = session.get(TrainingRun, run_id)
-            run.status, run.error, run.finished_at = (
-                "failed",
-                f"{type(error).__name__}: {error}",
-                utcnow(),
-            )
+            if run.status != "succeeded":  # a duplicate delivery's failure undoes no success
+                run.status, run.error, run.finished_at = (
+                    "failed",
+                    f"{type(error).__name__}: {error}",
+                    utcnow(),
+                )
         raise
 
 
@@ -157,7 +158,12 @@ def _execute(run_id: int) -> dict[str, Any]:
     test_labels = [clips[i].emotion for i in split.test]
 
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
+        # Locked until the registration commits: when the broker delivered this run twice (its
+        # visibility timeout ran out while it trained), the second to finish registers nothing.
+        run = session.get(TrainingRun, run_id, with_for_update=True)
+        if run.status == "succeeded":
+            log.warning("run %s: another delivery of this run already registered it", run_id)
+            return {"run": run_id, "status": run.status, "duplicate": True}
         active = store.active_version(session)
         baseline = None
         if active is not None and len(bundle.models) == 2:
@@ -166,8 +172,10 @@ def _execute(run_id: int) -> dict[str, Any]:
             )
         promote = _should_promote(params.get("promote", "auto"), metrics, baseline)
         version = store.register_version(
-            session, bundle_bytes(bundle), bundle.manifest, source="trained", activate=promote
+            session, bundle_bytes(bundle), bundle.manifest, source="trained", activate=False
         )
+        if promote:
+            store.promote_version(session, version)
         run.status, run.finished_at = "succeeded", utcnow()
         run.metrics = {"new": metrics, "active_before": baseline}
         run.model_version_id, run.promoted = version.id, promote

@@ -84,9 +84,9 @@ def test_text_file(tmp_path: Path) -> None:
 
 def test_wav_with_truncated_header(make_speech) -> None:
     data = encode(make_speech(), SAMPLE_RATE)
-    with pytest.raises(NotAudioError) as excinfo:
+    with pytest.raises(TruncatedAudioError, match="header is cut off") as excinfo:
         load_audio(data[:20])  # cut inside the fmt chunk
-    assert excinfo.type is NotAudioError
+    assert excinfo.type is TruncatedAudioError
 
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "FLOAT"])

@@ -27,10 +27,9 @@ def _version(session, name: str, active: bool) -> ModelVersion:
 
 def test_audio_is_stored_once_per_content(url):
     with session_scope(url) as session:
-        first = store.store_audio(session, b"RIFF same bytes")
-        second = store.store_audio(session, b"RIFF same bytes")
-        other = store.store_audio(session, b"RIFF other bytes")
-        assert first == second != other
+        first, again = store.store_audio(session, [b"RIFF same bytes", b"RIFF same bytes"])
+        second, other = store.store_audio(session, [b"RIFF same bytes", b"RIFF other bytes"])
+        assert first == again == second != other
         assert session.scalar(select(func.count()).select_from(AudioBlob)) == 2
 
 
@@ -48,7 +47,7 @@ def test_only_one_version_is_active(url):
 def test_a_replayed_prediction_is_not_stored_twice(url):
     with session_scope(url) as session:
         version = _version(session, "v1", active=True)
-        sha = store.store_audio(session, b"clip")
+        (sha,) = store.store_audio(session, [b"clip"])
         row = {
             "sha256": sha,
             "model_version_id": version.id,

@@ -1,0 +1,1 @@
+"""Throughput, latency and memory benchmark of ser (``python benchmarks/run.py``)."""
