@@ -5,6 +5,7 @@ The CLI talks to the database and the broker only; it never imports TensorFlow o
 """
 
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -28,7 +29,7 @@ from cli.collect import NothingToSubmit, collect
 from ser_worker import store
 from ser_worker.bundle import BundleError
 from ser_worker.celery_app import app
-from ser_worker.datasets import SCHEMES
+from ser_worker.datasets import SCHEMES, verify_crema_d
 from ser_worker.db.models import Evaluation, ModelVersion, Submission, TrainingRun
 from ser_worker.db.session import session_scope
 from ser_worker.labels import EMOTIONS, ENSEMBLE
@@ -649,6 +650,30 @@ def models_command(settings: Settings, as_json: bool, activate: str | None) -> N
         score = f"macro-F1 {ensemble['macro_f1']:.3f}" if "macro_f1" in ensemble else ""
         marker = "*" if entry["active"] else " "
         click.echo(f"{marker} {entry['version']}  {entry['source']:8s} {score}")
+
+
+@cli.command(name="verify-crema-d")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_crema_d_command(path: Path, as_json: bool) -> None:
+    """Check a CREMA-D copy against the official checksums of its 7,442 AudioWAV files.
+
+    Reports missing, extra and corrupted files; exit status 1 unless the copy is complete.
+
+    Example: ser-cli verify-crema-d ./CREMA-D/AudioWAV
+    """
+    report = verify_crema_d(path)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}, indent=2))
+    else:
+        click.echo(f"{report.checked} files match the manifest by name")
+        for kind in ("missing", "extra", "corrupted"):
+            names = getattr(report, kind)
+            if names:
+                shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                click.echo(f"{len(names)} {kind}: {shown}")
+    if not report.ok:
+        sys.exit(1)
 
 
 @cli.group()

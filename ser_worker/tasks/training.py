@@ -124,16 +124,10 @@ def _execute(run_id: int) -> dict[str, Any]:
         params = dict(run.params)
         waveforms, clips = _load_labelled_clips(session, run)
         if run.data_cutoff is None:
-            run.data_cutoff = max(
-                (
-                    item_id
-                    for item_id in session.scalars(
-                        select(SubmissionItem.id).where(
-                            SubmissionItem.submission_id == run.submission_id
-                        )
-                    )
-                ),
-                default=None,
+            run.data_cutoff = session.scalar(
+                select(func.max(SubmissionItem.id)).where(
+                    SubmissionItem.submission_id == run.submission_id
+                )
             )
     if params.get("split", "speaker") == "speaker":
         split = speaker_split(clips, seed=params.get("seed", 0))
