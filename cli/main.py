@@ -82,7 +82,9 @@ def cli(context: click.Context) -> None:
 
 labels_option = click.option(
     "--labels",
-    type=click.Choice([scheme for scheme in SCHEMES if scheme != "csv"] + ["csv"]),
+    # Labels are read per file name here; a path,label CSV is a dataset-level layout
+    # (datasets.load_dataset) that per-file labelling cannot read.
+    type=click.Choice([scheme for scheme in SCHEMES if scheme != "csv"]),
     default="auto",
     show_default=True,
     help="How to read the true emotion from file names (for accuracy in the summary).",

@@ -62,5 +62,7 @@ def train_and_evaluate(
         licences=list(licences),
     )
     metrics = evaluate_bundle(bundle, test_x, test_y)
+    # Measured with the finished bundle, so added after its version (a hash of the weights and
+    # the training manifest) is fixed.
     bundle.manifest["metrics"] = metrics
     return bundle, metrics

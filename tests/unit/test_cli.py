@@ -25,3 +25,10 @@ def test_verify_crema_d_reports_what_is_wrong_and_fails(tmp_path):
     assert report["corrupted"] == ["1001_DFA_ANG_XX.wav"]
     assert report["extra"] == ["stray.wav"]
     assert len(report["missing"]) == 7441 and report["checked"] == 1
+
+
+def test_labels_from_a_csv_are_not_offered_per_file(tmp_path):
+    result = CliRunner().invoke(cli, ["submit", str(tmp_path), "--labels", "csv"])
+
+    assert result.exit_code == 2
+    assert "'csv' is not one of" in result.output
