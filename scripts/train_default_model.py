@@ -1,20 +1,28 @@
-"""Train the default bundle shipped in the package, and report it on speakers it never heard.
+"""Train the default bundle shipped in the package on every clip of the data folder.
 
-    python scripts/train_default_model.py --data ../shared/data
+    python scripts/train_default_model.py --data ../shared/data --precision mixed_bfloat16
 
-Trains both CNNs on RAVDESS and TESS (six classes) with the project's training code, holds out
-whole RAVDESS actors for validation (early stopping) and for the test figures, and writes:
+Trains both CNNs on every RAVDESS (actors 01-20) and TESS clip of the six classes with the
+project's training recipe and writes:
   ser_worker/data/default_bundle.zip   the bundle `ser-cli` installs on first use
-  docs/default_model.json              its held-out metrics, split and timings
-  docs/default_model_*.png             confusion matrices and training curves
+  docs/default_model.json              its training data, recipe, timings and training curves
+  docs/default_model_history_*.png     the training curves
 
-Seeds are fixed: the same command on the same data reproduces the figures within the noise
-of floating-point summation order.
+No clip is held out, so this run measures nothing about unseen speakers: that estimate is the
+speaker-independent 5-fold figure of docs/RESULTS.md (`scripts/report.py`), made with the same
+recipe on 16 of the 20 actors. Training still watches a fixed subset of its own clips, scored in
+inference mode each epoch: it restores the best epoch and lowers the learning rate when a
+BatchNormalization or optimiser spike makes the served weights worse, but it cannot see
+overfitting, which is why the epoch count is capped near the best epochs of the 5 folds.
+
+Seeds are fixed: the same command on the same data gives the same bundle up to the order of
+floating-point summation.
 """
 
 import argparse
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -24,8 +32,8 @@ from ser_worker.audio import load_audio
 from ser_worker.bundle import save_bundle
 from ser_worker.datasets import LabelledClip, Split, load_dataset
 from ser_worker.experiment import train_and_evaluate
-from ser_worker.metrics import plot_confusion, plot_history
-from ser_worker.training import TrainConfig
+from ser_worker.metrics import plot_history
+from ser_worker.training import PRECISIONS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LICENCES = [
@@ -36,38 +44,19 @@ LICENCES = [
 ]
 
 
-def hold_out_actors(
-    clips: list[LabelledClip], test_actors: set[str], val_actors: set[str], tess_every: int
-) -> Split:
-    """Whole RAVDESS actors for test and validation; TESS (thinned) only in training."""
-    train, val, test = [], [], []
-    tess_seen = 0
-    for index, clip in enumerate(clips):
-        if clip.speaker in test_actors:
-            test.append(index)
-        elif clip.speaker in val_actors:
-            val.append(index)
-        elif clip.corpus == "tess":
-            # TESS repeats the same 200 words per speaker and emotion: every n-th clip keeps its
-            # variety at a fraction of the CPU time.
-            if tess_seen % tess_every == 0:
-                train.append(index)
-            tess_seen += 1
-        else:
-            train.append(index)
+def every_clip(clips: list[LabelledClip], monitor_every: int) -> Split:
+    """All clips for training; every n-th of them again as the monitor set, nothing for test."""
+    train = tuple(range(len(clips)))
     return Split(
-        tuple(train),
-        tuple(val),
-        tuple(test),
-        protocol="speaker",
+        train=train,
+        val=train[::monitor_every],
+        test=(),
+        protocol="all",
         description=(
-            f"test: RAVDESS actors {sorted(test_actors)}; validation: RAVDESS actors "
-            f"{sorted(val_actors)}; training: the other RAVDESS actors and "
-            f"1 in {tess_every} TESS clips (both TESS speakers)"
+            f"training: all {len(clips)} clips; validation: 1 in {monitor_every} of the training "
+            "clips (a stability monitor, not a held-out set); test: none (see docs/RESULTS.md)"
         ),
-        train_speakers=tuple(sorted({clips[i].speaker for i in train})),
-        val_speakers=tuple(sorted(val_actors)),
-        test_speakers=tuple(sorted(test_actors)),
+        train_speakers=tuple(sorted({clip.speaker for clip in clips})),
     )
 
 
@@ -78,12 +67,9 @@ def main() -> None:
         "--out", type=Path, default=REPO / "ser_worker" / "data" / "default_bundle.zip"
     )
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--test-actors", default="17,18,19,20")
-    parser.add_argument("--val-actors", default="15,16")
-    parser.add_argument("--tess-every", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--augment-copies", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--monitor-every", type=int, default=8)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -94,21 +80,14 @@ def main() -> None:
     waveforms = [load_audio(clip.path) for clip in clips]
     log.info("decoded %d clips in %.0f s", len(clips), time.perf_counter() - started)
 
-    def actors(text: str) -> set[str]:
-        return {f"ravdess:{int(actor):02d}" for actor in text.split(",")}
-
-    split = hold_out_actors(
-        clips, actors(args.test_actors), actors(args.val_actors), args.tess_every
-    )
-    config = TrainConfig(
-        epochs=args.epochs,
-        early_stopping_patience=args.patience,
-        reduce_lr_patience=max(1, args.patience // 2),
-        augment_copies=args.augment_copies,
-        seed=args.seed,
+    split = every_clip(clips, args.monitor_every)
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, precision=args.precision)
+    command = (
+        f"python scripts/train_default_model.py --data DATA --epochs {args.epochs} "
+        f"--monitor-every {args.monitor_every} --precision {args.precision} --seed {args.seed}"
     )
     with tempfile.TemporaryDirectory(prefix="ser-default-") as cache_dir:
-        bundle, metrics = train_and_evaluate(
+        bundle, _no_test_metrics = train_and_evaluate(
             waveforms,
             clips,
             split,
@@ -118,7 +97,8 @@ def main() -> None:
             training_data={
                 "corpora": ["RAVDESS actors 01-20 (speech, six classes)", "TESS (six classes)"],
                 "config": config.to_dict(),
-                "command": "python scripts/train_default_model.py --data ../shared/data",
+                "command": command,
+                "unseen_speaker_estimate": "docs/RESULTS.md, speaker-ravdess, recipe ours",
             },
             licences=LICENCES,
         )
@@ -126,13 +106,6 @@ def main() -> None:
     seconds = time.perf_counter() - started
 
     args.docs.mkdir(parents=True, exist_ok=True)
-    for model, model_metrics in metrics.items():
-        plot_confusion(
-            model_metrics["confusion"],
-            model_metrics["labels"],
-            args.docs / f"default_model_confusion_{model}.png",
-            title=f"default {model}: unseen RAVDESS actors {args.test_actors}",
-        )
     for model, history in bundle.manifest["history"].items():
         plot_history(
             history, args.docs / f"default_model_history_{model}.png", title=f"default {model}"
@@ -140,20 +113,12 @@ def main() -> None:
     report = {
         "version": bundle.version,
         "split": split.to_dict(),
-        "metrics": metrics,
         "seconds": round(seconds),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores, CPU only",
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU only",
         "training_data": bundle.manifest["training_data"],
+        "history": bundle.manifest["history"],
     }
     (args.docs / "default_model.json").write_text(json.dumps(report, indent=2) + "\n")
-    for model, model_metrics in metrics.items():
-        log.info(
-            "%s: accuracy %.3f macro-F1 %.3f",
-            model,
-            model_metrics["accuracy"],
-            model_metrics["macro_f1"],
-        )
     log.info("wrote %s (%s) in %.0f s", args.out, bundle.version, seconds)
 
 

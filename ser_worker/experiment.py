@@ -20,7 +20,12 @@ from ser_worker.training import TrainConfig, train
 def evaluate_bundle(
     bundle: Bundle, waveforms: Sequence[np.ndarray], labels: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per model (and the ensemble, when the bundle has both) on labelled waveforms."""
+    """Metrics per model (and the ensemble, when the bundle has both) on labelled waveforms.
+
+    Empty when there are no waveforms (a bundle trained on every clip has no test side).
+    """
+    if not waveforms:
+        return {}
     predictions = predict(bundle, waveforms)
     return {
         model: evaluate(labels, [clip[model].emotion for clip in predictions])
@@ -56,6 +61,7 @@ def train_and_evaluate(
             "clips": len(clips),
             "sizes": {"train": len(train_x), "val": len(val_x), "test": len(test_x)},
             "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
             "seconds": round(result.seconds, 1),
             **(training_data or {}),
         },

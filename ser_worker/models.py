@@ -66,7 +66,11 @@ def build_cnn2d(
 def _head(x, n_classes: int):
     x = keras.layers.Dense(DENSE_UNITS, activation="relu")(x)
     x = keras.layers.Dropout(DROPOUT)(x)
-    return keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    # float32 even when training in mixed precision: a bfloat16 softmax keeps ~3 significant
+    # digits, too coarse for the log of small probabilities in the loss.
+    return keras.layers.Dense(
+        n_classes, activation="softmax", name="probabilities", dtype="float32"
+    )(x)
 
 
 def build_model(name: str, input_shape: tuple[int, ...]) -> keras.Model:

@@ -8,6 +8,7 @@ into the distributed service.
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
         86_400.0, gt=0, description="Celery beat interval for scheduled retraining."
     )
     train_epochs: int = Field(30, ge=1, description="Epochs for scheduled retraining.")
+    train_precision: Literal["float32", "mixed_bfloat16"] = Field(
+        "float32",
+        description="Training arithmetic; mixed_bfloat16 is ~1.6x faster on CPUs with AMX.",
+    )
     visibility_timeout_s: float = Field(
         3600.0,
         gt=0,

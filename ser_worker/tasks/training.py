@@ -137,6 +137,7 @@ def _execute(run_id: int) -> dict[str, Any]:
         models=tuple(params.get("models", ("cnn1d", "cnn2d"))),
         epochs=params.get("epochs", get_settings().train_epochs),
         seed=params.get("seed", 0),
+        precision=get_settings().train_precision,
     )
     with tempfile.TemporaryDirectory(prefix="ser-train-") as cache_dir:
         bundle, metrics = train_and_evaluate(

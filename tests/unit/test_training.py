@@ -193,6 +193,8 @@ def test_config_validation():
         TrainConfig(models=("rnn",))
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="float16")
     assert TrainConfig().to_dict()["feature_settings"] == FeatureSettings().to_dict()
 
 
@@ -243,6 +245,27 @@ def test_train_end_to_end_tiny(tmp_path):
 
     x1 = np.load(tmp_path / "cache" / "train_x1.npy", mmap_mode="r")
     assert x1.shape[0] == len(train_w) * 3
+
+
+def test_mixed_precision_training_serves_float32_models(tmp_path):
+    import keras
+
+    waves, labels = _tones(2, seed=0)
+    config = TrainConfig(
+        epochs=1, batch_size=6, augment_copies=0, feature_settings=SMALL, precision="mixed_bfloat16"
+    )
+    result = train(waves, labels, waves, labels, config, cache_dir=tmp_path)
+
+    # The trained weights come back in float32 models, as a loaded bundle serves them, and the
+    # process-wide policy is restored for whatever builds models next.
+    assert keras.config.dtype_policy().name == "float32"
+    x1, x2 = batch_inputs(extract_all(waves, SMALL), SMALL, result.normalizer)
+    for name, x in (("cnn1d", x1), ("cnn2d", x2)):
+        model = result.models[name]
+        assert model.compute_dtype == "float32"
+        assert all(w.dtype == np.float32 for w in model.get_weights())
+        assert model.count_params() == {"cnn1d": 587_526, "cnn2d": 1_620_102}[name]
+        assert np.isfinite(np.asarray(model(x))).all()
 
 
 def test_train_rejects_bad_input(tmp_path):

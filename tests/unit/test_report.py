@@ -1,0 +1,93 @@
+"""The pure parts of scripts/report.py: protocol splits and the tables rendered from results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts import report
+from ser_worker.datasets import LabelledClip
+from ser_worker.labels import EMOTIONS
+from ser_worker.metrics import evaluate
+
+
+def _tess(per_class: int) -> list[LabelledClip]:
+    return [
+        LabelledClip(Path(f"{speaker}_{i}_{emotion}.flac"), emotion, f"tess:{speaker}", "tess")
+        for speaker in ("OAF", "YAF")
+        for emotion in EMOTIONS
+        for i in range(per_class)
+    ]
+
+
+def test_thinning_keeps_every_nth_clip_of_each_speaker_and_emotion():
+    clips = _tess(per_class=6)
+    kept = [c for i, c in enumerate(clips) if i not in report._thinned(clips, tess_every=3)]
+    assert len(kept) == len(clips) // 3
+    for speaker in ("tess:OAF", "tess:YAF"):
+        for emotion in EMOTIONS:
+            assert sum(c.speaker == speaker and c.emotion == emotion for c in kept) == 2
+    assert report._thinned(clips, tess_every=1) == set()
+
+
+def test_tess_transfer_trains_on_one_thinned_speaker_and_tests_on_all_of_the_other():
+    clips = _tess(per_class=10)
+    runs = list(report.experiments("speaker-tess", [], clips, [], seed=0, tess_every=2))
+    assert [name for name, _, _ in runs] == ["speaker-tess-OAF-to-YAF", "speaker-tess-YAF-to-OAF"]
+    for name, run_clips, split in runs:
+        trained, tested = name.split("-")[2], name.split("-")[4]
+        seen = {run_clips[i].speaker for i in (*split.train, *split.val)}
+        assert seen == {f"tess:{trained}"}
+        assert {run_clips[i].speaker for i in split.test} == {f"tess:{tested}"}
+        assert len(split.test) == 60  # the test side is never thinned
+        assert len(split.train) + len(split.val) == 30
+        assert not set(split.train) & set(split.val)
+
+
+def _result(experiment: str, protocol: str, recipe: str, right: int) -> dict:
+    """A run over 12 clips (two per class): the first `right` are right, the rest said NEU."""
+    truth = [code for code in EMOTIONS for _ in range(2)]
+    predicted = truth[:right] + ["NEU"] * (len(truth) - right)
+    metrics = evaluate(truth, predicted)
+    return {
+        "experiment": experiment,
+        "protocol": protocol,
+        "recipe": recipe,
+        "split": {"sizes": {"train": 100, "val": 10, "test": 12}},
+        "metrics": {model: metrics for model in report.MODELS},
+        "epochs_run": {"cnn1d": 5, "cnn2d": 7},
+        "best_epoch": {"cnn1d": 2, "cnn2d": 4},
+        "machine": "test machine",
+        "precision": "float32",
+        "seconds": 1.0,
+    }
+
+
+def test_tables_aggregate_folds_and_say_what_was_not_run():
+    results = [
+        _result("speaker-ravdess-fold0", "speaker-ravdess", "study", right=4),
+        _result("speaker-ravdess-fold1", "speaker-ravdess", "study", right=6),
+        _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12),
+        _result("speaker-ravdess-fold1", "speaker-ravdess", "ours", right=12),
+    ]
+    summary = report.summary_table(results)
+    assert "| speaker-ravdess | ours | ensemble | 1.000 ± 0.000 (n=2) | 1.000 ± 0.000 (n=2) |" in (
+        summary
+    )
+    # NEU clips are right either way: 6 and 8 of 12.
+    assert "| speaker-ravdess | study | cnn2d | 0.583 ± 0.118 (n=2) |" in summary
+    assert "| cross-corpus | ours | cnn1d | not run | not run | 0 |" in summary
+
+    check = report.target_check(results)
+    assert "over the 2 folds" in check and "ensemble macro-F1 1.000 (target ≥ 0.75: met)" in check
+
+    # Summed over folds: 24 test clips, every miss of the study recipe went to NEU.
+    confusions = report.confusion_table(results)
+    assert "| speaker-ravdess | study | cnn1d | 24 | HAP→NEU: 4 (100%), SAD→NEU: 4 (100%)" in (
+        confusions
+    )
+    assert "| 5/7 (2/4) |" in report.runs_table(results)
+
+
+def test_target_check_needs_folds_run_with_both_recipes():
+    ours_only = [_result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12)]
+    assert report.target_check(ours_only).startswith("Targets: no speaker-ravdess folds")
