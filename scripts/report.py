@@ -250,15 +250,22 @@ def runs_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summed_confusion(runs: list[dict], model: str) -> tuple[list[list[int]], list[str]]:
-    """One matrix over all test clips of the runs (each clip is tested in exactly one run)."""
+def summed_confusions(results: list[dict]):
+    """(protocol, recipe, model, runs, matrix, labels) for every group of runs that exists.
+
+    The matrix sums the runs' test confusions: each test clip is tested in exactly one run.
+    """
     from ser_worker.metrics import confusion_matrix
 
-    labels = runs[0]["metrics"][model]["labels"]
-    total = confusion_matrix([], [], labels)
-    for r in runs:
-        total = total + r["metrics"][model]["confusion"]
-    return total.tolist(), labels
+    for protocol in PROTOCOLS:
+        for recipe in RECIPES:
+            chosen = _chosen(results, protocol, recipe)
+            for model in MODELS if chosen else ():
+                labels = chosen[0]["metrics"][model]["labels"]
+                total = confusion_matrix([], [], labels)
+                for r in chosen:
+                    total = total + r["metrics"][model]["confusion"]
+                yield protocol, recipe, model, len(chosen), total.tolist(), labels
 
 
 def confusion_table(results: list[dict]) -> str:
@@ -269,43 +276,28 @@ def confusion_table(results: list[dict]) -> str:
         "share of the true class) |",
         "|---|---|---|---|---|",
     ]
-    for protocol in PROTOCOLS:
-        for recipe in RECIPES:
-            chosen = _chosen(results, protocol, recipe)
-            if not chosen:
-                continue
-            for model in MODELS:
-                matrix, labels = summed_confusion(chosen, model)
-                pairs = ", ".join(
-                    f"{p['true']}→{p['predicted']}: {p['count']} ({p['rate']:.0%})"
-                    for p in most_confused(matrix, labels)[:3]
-                )
-                n = sum(map(sum, matrix))
-                lines.append(f"| {protocol} | {recipe} | {model} | {n} | {pairs} |")
+    for protocol, recipe, model, _runs, matrix, labels in summed_confusions(results):
+        pairs = ", ".join(
+            f"{p['true']}→{p['predicted']}: {p['count']} ({p['rate']:.0%})"
+            for p in most_confused(matrix, labels)[:3]
+        )
+        n = sum(map(sum, matrix))
+        lines.append(f"| {protocol} | {recipe} | {model} | {n} | {pairs} |")
     return "\n".join(lines)
 
 
 def plot_confusions(results: list[dict]) -> list[Path]:
     from ser_worker.metrics import plot_confusion
 
-    written = []
-    for protocol in PROTOCOLS:
-        for recipe in RECIPES:
-            chosen = _chosen(results, protocol, recipe)
-            if not chosen:
-                continue
-            for model in MODELS:
-                matrix, labels = summed_confusion(chosen, model)
-                written.append(
-                    plot_confusion(
-                        matrix,
-                        labels,
-                        RESULTS / f"confusion--{protocol}--{recipe}--{model}.png",
-                        title=f"{model}, {protocol}, recipe {recipe} "
-                        f"({len(chosen)} run{'s' * (len(chosen) != 1)})",
-                    )
-                )
-    return written
+    return [
+        plot_confusion(
+            matrix,
+            labels,
+            RESULTS / f"confusion--{protocol}--{recipe}--{model}.png",
+            title=f"{model}, {protocol}, recipe {recipe} ({runs} run{'s' * (runs != 1)})",
+        )
+        for protocol, recipe, model, runs, matrix, labels in summed_confusions(results)
+    ]
 
 
 def target_check(results: list[dict]) -> str:
