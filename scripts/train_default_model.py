@@ -24,12 +24,13 @@ import json
 import logging
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from ser_worker.audio import load_audio
-from ser_worker.bundle import save_bundle
+from ser_worker.bundle import Bundle, save_bundle
 from ser_worker.datasets import LabelledClip, Split, load_dataset
 from ser_worker.experiment import train_and_evaluate
 from ser_worker.metrics import plot_history
@@ -60,6 +61,40 @@ def every_clip(clips: list[LabelledClip], monitor_every: int) -> Split:
     )
 
 
+def expected_metrics(results: Path, recipe: str = "ours") -> dict:
+    """What to expect on unseen speakers: the speaker-independent RAVDESS folds of the recipe.
+
+    Kept apart from the bundle's own `metrics` (it has no test side) and outside its version
+    hash, because the folds are separate runs made with the same code and recipe.
+    """
+    runs = [
+        json.loads(path.read_text())
+        for path in sorted(results.glob(f"speaker-ravdess-fold*--{recipe}--*.json"))
+    ]
+    if not runs:
+        return {}
+    estimate: dict = {
+        "protocol": (
+            f"speaker-independent RAVDESS, {len(runs)} folds of 4 unseen actors, recipe "
+            f"{recipe}, each fold trained on 14 actors (docs/RESULTS.md)"
+        ),
+        "runs": [run["experiment"] for run in runs],
+    }
+    for model in ("cnn1d", "cnn2d", "ensemble"):
+        scores = {
+            name: [run["metrics"][model][name] for run in runs] for name in ("macro_f1", "accuracy")
+        }
+        estimate[model] = {name: statistics.mean(values) for name, values in scores.items()}
+        estimate[model]["macro_f1_std"] = (
+            statistics.stdev(scores["macro_f1"]) if len(runs) > 1 else 0.0
+        )
+    return estimate
+
+
+def attach_expected_metrics(bundle: Bundle, results: Path) -> None:
+    bundle.manifest["expected_metrics"] = expected_metrics(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -67,6 +102,12 @@ def main() -> None:
         "--out", type=Path, default=REPO / "ser_worker" / "data" / "default_bundle.zip"
     )
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=REPO / "docs" / "results",
+        help="report runs (scripts/report.py) whose speaker-ravdess folds give the estimate",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--monitor-every", type=int, default=8)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
@@ -102,6 +143,7 @@ def main() -> None:
             },
             licences=LICENCES,
         )
+    attach_expected_metrics(bundle, args.results)
     save_bundle(bundle, args.out)
     seconds = time.perf_counter() - started
 
@@ -116,6 +158,7 @@ def main() -> None:
         "seconds": round(seconds),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU only",
         "training_data": bundle.manifest["training_data"],
+        "expected_metrics": bundle.manifest["expected_metrics"],
         "history": bundle.manifest["history"],
     }
     (args.docs / "default_model.json").write_text(json.dumps(report, indent=2) + "\n")
