@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 MODELS = ("cnn1d", "cnn2d", "ensemble")
@@ -179,9 +181,30 @@ def run(args: argparse.Namespace) -> None:
                     "best_epoch": bundle.manifest["training_data"]["best_epoch"],
                     "seconds": round(time.perf_counter() - started, 1),
                     "machine": machine(),
+                    "probabilities": {
+                        side: side_probabilities(
+                            bundle,
+                            [waveforms[clips[i].path] for i in indices],
+                            [clips[i].emotion for i in indices],
+                        )
+                        for side, indices in (("val", split.val), ("test", split.test))
+                    },
                 }
                 out.write_text(json.dumps(result, indent=1) + "\n")
                 log.info("%s: %s", out.name, {m: round(metrics[m]["macro_f1"], 3) for m in metrics})
+
+
+def side_probabilities(bundle, waveforms: list, labels: list[str]) -> dict:
+    """Each model's softmax outputs per clip, so ensembles can be studied without retraining."""
+    from ser_worker.features import extract
+    from ser_worker.inference import predict_probabilities
+
+    features = [extract(y, bundle.feature_settings) for y in waveforms]
+    outputs = predict_probabilities(bundle, features)
+    return {
+        "labels": labels,
+        **{name: np.round(p, 5).tolist() for name, p in outputs.items()},
+    }
 
 
 def machine() -> str:
@@ -326,6 +349,39 @@ def target_check(results: list[dict]) -> str:
     )
 
 
+def weighted_ensemble_f1(side: dict, cnn2d_weight: float) -> float:
+    from ser_worker.metrics import evaluate
+
+    p = cnn2d_weight * np.asarray(side["cnn2d"]) + (1 - cnn2d_weight) * np.asarray(side["cnn1d"])
+    labels = evaluate(side["labels"], side["labels"])["labels"]
+    return evaluate(side["labels"], [labels[i] for i in p.argmax(axis=1)])["macro_f1"]
+
+
+def chosen_weight(val: dict) -> float:
+    """The cnn2d weight (0, 0.1, ..., 1) with the best validation macro-F1; ties go to 0.5."""
+    grid = [round(w, 1) for w in np.linspace(0.0, 1.0, 11)]
+    return max(grid, key=lambda w: (round(weighted_ensemble_f1(val, w), 6), -abs(w - 0.5)))
+
+
+def ensemble_weights_table(results: list[dict]) -> str:
+    """The equal-weight ensemble against one whose weights are chosen on the validation clips."""
+    lines = [
+        "| run | recipe | cnn2d weight chosen on validation | test macro-F1: cnn2d | "
+        "equal-weight ensemble | validation-weighted ensemble |",
+        "|---|---|---|---|---|---|",
+    ]
+    studied = [r for r in results if "probabilities" in r]
+    for r in sorted(studied, key=lambda r: (PROTOCOLS.index(r["protocol"]), r["experiment"])):
+        val, test = r["probabilities"]["val"], r["probabilities"]["test"]
+        weight = chosen_weight(val)
+        lines.append(
+            f"| {r['experiment']} | {r['recipe']} | {weight:.1f} | "
+            f"{weighted_ensemble_f1(test, 1.0):.3f} | {weighted_ensemble_f1(test, 0.5):.3f} | "
+            f"{weighted_ensemble_f1(test, weight):.3f} |"
+        )
+    return "\n".join(lines) if studied else "No run stored its per-model outputs yet."
+
+
 def render(_args: argparse.Namespace) -> None:
     results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
     plot_confusions(results)
@@ -336,6 +392,7 @@ def render(_args: argparse.Namespace) -> None:
         ("<!-- target-check -->", target_check(results)),
         ("<!-- runs-table -->", runs_table(results)),
         ("<!-- confusion-table -->", confusion_table(results)),
+        ("<!-- ensemble-weights -->", ensemble_weights_table(results)),
     ):
         text = _replace_between(text, marker, body)
     target.write_text(text)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from scripts import report
 from ser_worker.datasets import LabelledClip
 from ser_worker.labels import EMOTIONS
@@ -91,3 +94,32 @@ def test_tables_aggregate_folds_and_say_what_was_not_run():
 def test_target_check_needs_folds_run_with_both_recipes():
     ours_only = [_result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12)]
     assert report.target_check(ours_only).startswith("Targets: no speaker-ravdess folds")
+
+
+def _side(right_1d: bool, right_2d: bool) -> dict:
+    """Outputs on 6 clips (one per class): a model is either sure and right or sure of NEU."""
+    labels = list(EMOTIONS)
+    eye, neu = np.eye(6), np.tile(np.eye(6)[EMOTIONS.index("NEU")], (6, 1))
+    return {
+        "labels": labels,
+        "cnn1d": (0.6 * (eye if right_1d else neu) + 0.02).tolist(),
+        "cnn2d": (0.8 * (eye if right_2d else neu) + 0.02).tolist(),
+    }
+
+
+def test_ensemble_weight_is_chosen_on_validation_and_scored_on_test():
+    # cnn1d (less sure) is right on validation only, as on speakers it trained on; cnn2d is
+    # right on test only. Every cnn2d weight up to 0.4 lets cnn1d win on validation: the tie
+    # goes to the weight nearest 0.5, which on test still follows the wrong cnn1d.
+    val, test = _side(right_1d=True, right_2d=False), _side(right_1d=False, right_2d=True)
+    assert report.chosen_weight(val) == 0.4
+    assert report.weighted_ensemble_f1(test, 1.0) == 1.0
+    assert report.weighted_ensemble_f1(test, 0.5) == 1.0
+    assert report.weighted_ensemble_f1(test, 0.4) == pytest.approx(2 / 7 / 6)
+    assert report.chosen_weight(_side(right_1d=True, right_2d=True)) == 0.5
+
+    run = _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12)
+    run["probabilities"] = {"val": val, "test": test}
+    table = report.ensemble_weights_table([run])
+    assert "| speaker-ravdess-fold0 | ours | 0.4 | 1.000 | 1.000 | 0.048 |" in table
+    assert report.ensemble_weights_table([]).startswith("No run")
