@@ -349,20 +349,6 @@ def target_check(results: list[dict]) -> str:
     )
 
 
-def weighted_ensemble_f1(side: dict, cnn2d_weight: float) -> float:
-    from ser_worker.metrics import evaluate
-
-    p = cnn2d_weight * np.asarray(side["cnn2d"]) + (1 - cnn2d_weight) * np.asarray(side["cnn1d"])
-    labels = evaluate(side["labels"], side["labels"])["labels"]
-    return evaluate(side["labels"], [labels[i] for i in p.argmax(axis=1)])["macro_f1"]
-
-
-def chosen_weight(val: dict) -> float:
-    """The cnn2d weight (0, 0.1, ..., 1) with the best validation macro-F1; ties go to 0.5."""
-    grid = [round(w, 1) for w in np.linspace(0.0, 1.0, 11)]
-    return max(grid, key=lambda w: (round(weighted_ensemble_f1(val, w), 6), -abs(w - 0.5)))
-
-
 def ensemble_weights_table(results: list[dict]) -> str:
     """The equal-weight ensemble against one whose weights are chosen on the validation clips."""
     lines = [
@@ -370,14 +356,17 @@ def ensemble_weights_table(results: list[dict]) -> str:
         "equal-weight ensemble | validation-weighted ensemble |",
         "|---|---|---|---|---|---|",
     ]
+    from ser_worker.metrics import choose_cnn2d_weight, ensemble_macro_f1
+
     studied = [r for r in results if "probabilities" in r]
     for r in sorted(studied, key=lambda r: (PROTOCOLS.index(r["protocol"]), r["experiment"])):
         val, test = r["probabilities"]["val"], r["probabilities"]["test"]
-        weight = chosen_weight(val)
+        weight = choose_cnn2d_weight(val["labels"], val)
+        scores = [ensemble_macro_f1(test["labels"], test, w) for w in (1.0, 0.5, weight)]
         lines.append(
             f"| {r['experiment']} | {r['recipe']} | {weight:.1f} | "
-            f"{weighted_ensemble_f1(test, 1.0):.3f} | {weighted_ensemble_f1(test, 0.5):.3f} | "
-            f"{weighted_ensemble_f1(test, weight):.3f} |"
+            + " | ".join(f"{score:.3f}" for score in scores)
+            + " |"
         )
     return "\n".join(lines) if studied else "No run stored its per-model outputs yet."
 

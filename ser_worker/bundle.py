@@ -52,6 +52,13 @@ class Bundle:
     def labels(self) -> tuple[str, ...]:
         return tuple(self.manifest["labels"])
 
+    @property
+    def ensemble_weights(self) -> dict[str, float]:
+        """Each model's share of the ensemble, summing to 1; equal unless the manifest says."""
+        weights = self.manifest.get("ensemble_weights") or dict.fromkeys(self.models, 1.0)
+        total = sum(weights[name] for name in self.models)
+        return {name: weights[name] / total for name in self.models}
+
     @cached_property
     def feature_settings(self) -> FeatureSettings:
         from ser_worker.features import FeatureSettings
@@ -289,6 +296,17 @@ def _check_manifest(manifest: Any) -> None:
     for key in ("feature_settings", "normalizer"):
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"manifest has no {key}")
+    weights = manifest.get("ensemble_weights")
+    if weights is not None and not (
+        isinstance(weights, dict)
+        and set(weights) == set(models)
+        and all(isinstance(w, int | float) and w >= 0 for w in weights.values())
+        and sum(weights.values()) > 0
+    ):
+        raise BundleError(
+            f"ensemble_weights {weights!r} must give every model of the bundle a weight >= 0, "
+            "not all zero"
+        )
 
 
 def _check_shapes(manifest: dict, settings: FeatureSettings) -> None:

@@ -46,7 +46,7 @@ def predict(
     """Predict every waveform (float32 mono at the bundle's sample rate).
 
     Returns one dict per clip with a Prediction per model in the bundle plus ``"ensemble"``,
-    the mean of the models' probability vectors.
+    the weighted mean of the models' probability vectors (``Bundle.ensemble_weights``).
     """
     settings = bundle.feature_settings
     return predict_features(
@@ -61,13 +61,13 @@ def predict_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     probabilities = predict_probabilities(bundle, features_list, batch_size=batch_size)
-    labels = bundle.labels
+    labels, weights = bundle.labels, bundle.ensemble_weights
     results = []
     for i in range(len(features_list)):
         per_model = {name: p[i] for name, p in probabilities.items()}
         clip = {name: Prediction.from_probabilities(p, labels) for name, p in per_model.items()}
         clip[ENSEMBLE] = Prediction.from_probabilities(
-            np.mean(list(per_model.values()), axis=0), labels
+            sum(weights[name] * p for name, p in per_model.items()), labels
         )
         results.append(clip)
     return results

@@ -198,6 +198,17 @@ def test_wrong_labels_raise(bundle_file):
         read_manifest(patched)
 
 
+def test_ensemble_weights_are_checked_and_normalised(bundle_file):
+    for bad in ({"cnn2d": 1.0}, {"cnn1d": -1.0, "cnn2d": 2.0}, {"cnn1d": 0, "cnn2d": 0}):
+        with pytest.raises(BundleError, match="ensemble_weights"):
+            read_manifest(_rewrite(bundle_file, manifest_patch={"ensemble_weights": bad}))
+    weighted = load_bundle(
+        _rewrite(bundle_file, manifest_patch={"ensemble_weights": {"cnn1d": 1, "cnn2d": 3}})
+    )
+    assert weighted.ensemble_weights == {"cnn1d": 0.25, "cnn2d": 0.75}
+    assert load_bundle(bundle_file).ensemble_weights == {"cnn1d": 0.5, "cnn2d": 0.5}
+
+
 def test_wrong_format_raises(bundle_file):
     with pytest.raises(BundleError, match="format"):
         read_manifest(_rewrite(bundle_file, manifest_patch={"format": "ser-bundle/99"}))

@@ -63,6 +63,21 @@ def test_predict_shapes_and_ensemble(bundle, clips):
         )
 
 
+def test_ensemble_follows_the_bundle_weights(bundle, clips):
+    weighted = Bundle(
+        manifest={**bundle.manifest, "ensemble_weights": {"cnn1d": 0.2, "cnn2d": 0.8}},
+        models=bundle.models,
+    )
+    for clip in predict(weighted, clips[:4]):
+        expected = [
+            0.2 * clip["cnn1d"].probabilities[c] + 0.8 * clip["cnn2d"].probabilities[c]
+            for c in EMOTIONS
+        ]
+        np.testing.assert_allclose(
+            [clip["ensemble"].probabilities[c] for c in EMOTIONS], expected, rtol=1e-6
+        )
+
+
 def test_predict_is_deterministic_and_chunking_does_not_matter(bundle, clips):
     first = predict(bundle, clips)
     again = predict(bundle, clips)

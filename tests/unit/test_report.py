@@ -10,7 +10,7 @@ import pytest
 from scripts import report
 from ser_worker.datasets import LabelledClip
 from ser_worker.labels import EMOTIONS
-from ser_worker.metrics import evaluate
+from ser_worker.metrics import choose_cnn2d_weight, ensemble_macro_f1, evaluate
 
 
 def _tess(per_class: int) -> list[LabelledClip]:
@@ -112,11 +112,11 @@ def test_ensemble_weight_is_chosen_on_validation_and_scored_on_test():
     # right on test only. Every cnn2d weight up to 0.4 lets cnn1d win on validation: the tie
     # goes to the weight nearest 0.5, which on test still follows the wrong cnn1d.
     val, test = _side(right_1d=True, right_2d=False), _side(right_1d=False, right_2d=True)
-    assert report.chosen_weight(val) == 0.4
-    assert report.weighted_ensemble_f1(test, 1.0) == 1.0
-    assert report.weighted_ensemble_f1(test, 0.5) == 1.0
-    assert report.weighted_ensemble_f1(test, 0.4) == pytest.approx(2 / 7 / 6)
-    assert report.chosen_weight(_side(right_1d=True, right_2d=True)) == 0.5
+    assert choose_cnn2d_weight(val["labels"], val) == 0.4
+    assert ensemble_macro_f1(EMOTIONS, test, 1.0) == 1.0
+    assert ensemble_macro_f1(EMOTIONS, test, 0.5) == 1.0
+    assert ensemble_macro_f1(EMOTIONS, test, 0.4) == pytest.approx(2 / 7 / 6)
+    assert choose_cnn2d_weight(EMOTIONS, _side(right_1d=True, right_2d=True)) == 0.5
 
     run = _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12)
     run["probabilities"] = {"val": val, "test": test}
