@@ -82,6 +82,7 @@ def create_bundle(
     metrics: dict | None = None,
     training_data: dict | None = None,
     licences: list[str] | None = None,
+    ensemble_weights: dict[str, float] | None = None,
     notes: str = "",
     created_at: datetime | None = None,
 ) -> Bundle:
@@ -119,6 +120,10 @@ def create_bundle(
         "code_version": code_version(),
         "notes": notes,
     }
+    if ensemble_weights is not None:
+        # Part of the version hash: the weights change what the ensemble predicts.
+        _check_ensemble_weights(ensemble_weights, models)
+        manifest["ensemble_weights"] = dict(ensemble_weights)
     for name, model in models.items():
         expected = tuple(manifest["models"][name]["input_shape"])
         if tuple(model.input_shape[1:]) != expected:
@@ -296,8 +301,12 @@ def _check_manifest(manifest: Any) -> None:
     for key in ("feature_settings", "normalizer"):
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"manifest has no {key}")
-    weights = manifest.get("ensemble_weights")
-    if weights is not None and not (
+    if manifest.get("ensemble_weights") is not None:
+        _check_ensemble_weights(manifest["ensemble_weights"], models)
+
+
+def _check_ensemble_weights(weights: Any, models: dict) -> None:
+    if not (
         isinstance(weights, dict)
         and set(weights) == set(models)
         and all(isinstance(w, int | float) and w >= 0 for w in weights.values())

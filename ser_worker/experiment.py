@@ -43,6 +43,7 @@ def train_and_evaluate(
     progress: Callable[[str], None] | None = None,
     training_data: dict[str, Any] | None = None,
     licences: Sequence[str] = (),
+    ensemble_weights: dict[str, float] | None = None,
 ) -> tuple[Bundle, dict[str, dict[str, Any]]]:
     def side(indices: Sequence[int]) -> tuple[list[np.ndarray], list[str]]:
         return [waveforms[i] for i in indices], [clips[i].emotion for i in indices]
@@ -66,6 +67,7 @@ def train_and_evaluate(
             **(training_data or {}),
         },
         licences=list(licences),
+        ensemble_weights=ensemble_weights,
     )
     metrics = evaluate_bundle(bundle, test_x, test_y)
     # Measured with the finished bundle, so added after its version (a hash of the weights and

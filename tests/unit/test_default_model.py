@@ -1,34 +1,67 @@
-"""The shipped bundle's expected figures come from the cross-validation runs of the report."""
+"""The shipped bundle's ensemble weights and expected figures come from the report's folds."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cli.main import _score
-from scripts.train_default_model import expected_metrics
+from scripts.train_default_model import cross_validated_weights, expected_metrics, fold_runs
 
-from .test_report import _result
+from .test_report import _result, _side
 
 
-def test_expected_metrics_average_the_speaker_folds_of_the_recipe(tmp_path):
-    for fold, right in ((0, 6), (1, 12)):
-        for recipe in ("ours", "study"):
-            run = _result(f"speaker-ravdess-fold{fold}", "speaker-ravdess", recipe, right)
-            path = tmp_path / f"speaker-ravdess-fold{fold}--{recipe}--seed0.json"
-            path.write_text(json.dumps(run))
-    random_split = _result("random-ravdess", "random-ravdess", "ours", right=0)
-    (tmp_path / "random-ravdess--ours--seed0.json").write_text(json.dumps(random_split))
+def test_fold_runs_are_the_speaker_folds_of_the_recipe(tmp_path):
+    for name, protocol, recipe in (
+        ("speaker-ravdess-fold0", "speaker-ravdess", "ours"),
+        ("speaker-ravdess-fold1", "speaker-ravdess", "ours"),
+        ("speaker-ravdess-fold0", "speaker-ravdess", "study"),
+        ("random-ravdess", "random-ravdess", "ours"),
+    ):
+        run = _result(name, protocol, recipe, right=12)
+        (tmp_path / f"{name}--{recipe}--seed0.json").write_text(json.dumps(run))
+    runs = fold_runs(tmp_path)
+    assert [(r["experiment"], r["recipe"]) for r in runs] == [
+        ("speaker-ravdess-fold0", "ours"),
+        ("speaker-ravdess-fold1", "ours"),
+    ]
+    assert fold_runs(tmp_path / "nothing-here") == []
 
-    estimate = expected_metrics(tmp_path)
 
+def test_expected_metrics_average_the_folds():
+    runs = [
+        _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=6),
+        _result("speaker-ravdess-fold1", "speaker-ravdess", "ours", right=12),
+    ]
+    estimate = expected_metrics(runs, weights=None)
     assert estimate["runs"] == ["speaker-ravdess-fold0", "speaker-ravdess-fold1"]
-    assert "2 folds" in estimate["protocol"]
     # 8 of 12 and 12 of 12 right (NEU clips are right either way).
     assert estimate["ensemble"]["accuracy"] == pytest.approx((8 / 12 + 1) / 2)
-    assert estimate["ensemble"]["macro_f1_std"] > 0
-    assert expected_metrics(tmp_path / "nothing-here") == {}
+    assert estimate["ensemble"]["folds"] == 2 and estimate["ensemble"]["macro_f1_std"] > 0
+    assert expected_metrics([], weights=None) == {}
+
+
+def test_weights_come_from_validation_and_the_estimate_uses_them():
+    # On validation a very sure but wrong cnn1d must weigh less than 0.47 for cnn2d to win.
+    val = _side(right_1d=False, right_2d=True)
+    val["cnn1d"] = (0.9 * np.asarray(val["cnn1d"]) / 0.62).tolist()
+    folds = []
+    for fold in (0, 1):
+        run = _result(f"speaker-ravdess-fold{fold}", "speaker-ravdess", "ours", right=12)
+        run["probabilities"] = {"val": val, "test": _side(right_1d=False, right_2d=True)}
+        folds.append(run)
+    no_outputs = _result("speaker-ravdess-fold2", "speaker-ravdess", "ours", right=0)
+
+    weights = cross_validated_weights([*folds, no_outputs])
+    assert weights == {"cnn1d": 0.4, "cnn2d": 0.6}
+    estimate = expected_metrics([*folds, no_outputs], weights)
+    assert estimate["ensemble"]["weights"] == weights
+    assert estimate["ensemble"]["folds"] == 2  # only the folds that kept their outputs
+    assert estimate["ensemble"]["macro_f1"] == 1.0
+    assert estimate["cnn2d"]["folds"] == 3
+    assert cross_validated_weights([no_outputs]) is None
 
 
 def test_models_listing_says_whether_a_score_was_measured_or_is_expected():
