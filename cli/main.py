@@ -661,9 +661,10 @@ def _score(entry: dict) -> str:
         return f"macro-F1 {measured['macro_f1']:.3f}"
     expected = entry["expected_metrics"].get(ENSEMBLE, {})
     if "macro_f1" in expected:
+        folds = f", {expected['folds']} folds" if "folds" in expected else ""
         return (
             f"macro-F1 {expected['macro_f1']:.3f} ± {expected['macro_f1_std']:.3f} expected on "
-            "unseen speakers (cross-validated)"
+            f"unseen speakers (cross-validated{folds})"
         )
     return ""
 

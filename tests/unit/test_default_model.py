@@ -68,10 +68,10 @@ def test_models_listing_says_whether_a_score_was_measured_or_is_expected():
     measured = {"metrics": {"ensemble": {"macro_f1": 0.61}}, "expected_metrics": {}}
     expected = {
         "metrics": {},
-        "expected_metrics": {"ensemble": {"macro_f1": 0.5, "macro_f1_std": 0.04}},
+        "expected_metrics": {"ensemble": {"macro_f1": 0.5, "macro_f1_std": 0.04, "folds": 3}},
     }
     assert _score(measured) == "macro-F1 0.610"
     assert _score(expected) == (
-        "macro-F1 0.500 ± 0.040 expected on unseen speakers (cross-validated)"
+        "macro-F1 0.500 ± 0.040 expected on unseen speakers (cross-validated, 3 folds)"
     )
     assert _score({"metrics": {}, "expected_metrics": {}}) == ""
