@@ -4,6 +4,9 @@
     python scripts/report.py run --protocol speaker-ravdess --folds 0,1,2,3,4
     python scripts/report.py render
 
+The grid of docs/RESULTS.md was made with `--epochs 20 --precision mixed_bfloat16`, adding
+`--tess-every 2` for speaker-tess (with `--epochs 8`) and cross-corpus.
+
 Protocols (RAVDESS actors 01-20 and TESS, six classes, from --data):
   random-ravdess    the study's protocol: stratified clip-level split, same actors on both sides
   speaker-ravdess   5 folds of 4 unseen actors (validation: other whole actors)
