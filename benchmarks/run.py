@@ -501,6 +501,7 @@ def section_training_data(spec: dict) -> dict:
     from ser_worker.labels import EMOTIONS
     from ser_worker.training import (
         TrainingBatches,
+        augmented_copy,
         balanced_class_weights,
         build_cache,
         extract_all,
@@ -515,15 +516,14 @@ def section_training_data(spec: dict) -> dict:
     y = label_indices([EMOTIONS[i % len(EMOTIONS)] for i in range(len(waveforms))])
     before = proc_status()["RssAnon"]
     memory = PeakMemory()
+    rng = np.random.default_rng(0)
     cache = build_cache(
         features,
-        waveforms,
         y,
         normalizer,
         settings,
         Path(spec["cache_dir"]),
-        copies=spec["copies"],
-        rng=np.random.default_rng(0),
+        copies=[augmented_copy(waveforms, settings, rng) for _ in range(spec["copies"])],
     )
     for name in ("cnn1d", "cnn2d"):
         batches = TrainingBatches(

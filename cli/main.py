@@ -661,10 +661,12 @@ def _score(entry: dict) -> str:
         return f"macro-F1 {measured['macro_f1']:.3f}"
     expected = entry["expected_metrics"].get(ENSEMBLE, {})
     if "macro_f1" in expected:
-        folds = f", {expected['folds']} folds" if "folds" in expected else ""
+        # Bundles made before folds were repeated over seeds count "folds" instead of "runs".
+        runs = expected.get("runs", expected.get("folds"))
+        over = f" over {runs} runs" if runs else ""
         return (
             f"macro-F1 {expected['macro_f1']:.3f} ± {expected['macro_f1_std']:.3f} expected on "
-            f"unseen speakers (cross-validated{folds})"
+            f"unseen speakers (cross-validated{over})"
         )
     return ""
 

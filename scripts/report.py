@@ -29,6 +29,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,28 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 MODELS = ("cnn1d", "cnn2d", "ensemble")
-RECIPES = ("study", "ours")
-PROTOCOLS = ("random-ravdess", "speaker-ravdess", "speaker-tess", "cross-corpus")
+RECIPES = ("study", "ours", "ours-cmn")
+PROTOCOLS = (
+    "random-ravdess",
+    "speaker-ravdess",
+    "speaker-ravdess-with-tess",
+    "speaker-tess",
+    "cross-corpus",
+)
 log = logging.getLogger("report")
 
 
 def recipe_config(recipe: str, epochs: int, seed: int, precision: str):
+    from ser_worker.features import FeatureSettings
     from ser_worker.training import TrainConfig
 
+    if recipe == "ours-cmn":
+        return TrainConfig(
+            epochs=epochs,
+            seed=seed,
+            precision=precision,
+            feature_settings=FeatureSettings(subtract_clip_mean=True),
+        )
     if recipe == "study":
         return TrainConfig(
             epochs=epochs,
@@ -73,6 +88,26 @@ def experiments(
         all_folds = speaker_folds(ravdess, n_folds=5, seed=seed)
         for fold in folds:
             yield f"speaker-ravdess-fold{fold}", ravdess, all_folds[fold]
+    elif protocol == "speaker-ravdess-with-tess":
+        # The same actor folds, with the TESS speakers (never tested here) added to training.
+        both = ravdess + tess
+        tess_indices = [
+            i for i in range(len(ravdess), len(both)) if i not in _thinned(both, tess_every)
+        ]
+        all_folds = speaker_folds(ravdess, n_folds=5, seed=seed)
+        for fold in folds:
+            split = all_folds[fold]
+            yield (
+                f"speaker-ravdess-with-tess-fold{fold}",
+                both,
+                replace(
+                    split,
+                    train=split.train + tuple(tess_indices),
+                    train_speakers=split.train_speakers + ("tess:OAF", "tess:YAF"),
+                    description=split.description
+                    + f"; training side adds {len(tess_indices)} TESS clips",
+                ),
+            )
     elif protocol == "speaker-tess":
         for train_speaker, test_speaker in (("tess:OAF", "tess:YAF"), ("tess:YAF", "tess:OAF")):
             yield (
@@ -142,67 +177,130 @@ def _transfer_split(
     )
 
 
-def run(args: argparse.Namespace) -> None:
-    from ser_worker.audio import load_audio
-    from ser_worker.datasets import load_dataset
-    from ser_worker.experiment import train_and_evaluate
+class AudioSource:
+    """Features extracted from the corpora's audio for every run (what train_and_evaluate does)."""
 
-    ravdess = load_dataset(args.data / "ravdess").clips
-    tess = load_dataset(args.data / "tess").clips
-    waveforms = {clip.path: load_audio(clip.path) for clip in ravdess + tess}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    def __init__(self, clips: list) -> None:
+        from ser_worker.audio import load_audio
+
+        self.waveforms = {clip.path: load_audio(clip.path) for clip in clips}
+
+    def features(self, clips: list, settings) -> list:
+        from ser_worker.training import extract_all
+
+        return extract_all([self.waveforms[clip.path] for clip in clips], settings)
+
+    def copies(self, clips: list, settings, count: int, seed: int) -> list:
+        from ser_worker.training import augmented_copy
+
+        rng = np.random.default_rng(seed)
+        waveforms = [self.waveforms[clip.path] for clip in clips]
+        return [augmented_copy(waveforms, settings, rng) for _ in range(count)]
+
+
+class BankSource:
+    """Features read from a bank made by ser_worker.feature_bank (no audio needed)."""
+
+    def __init__(self, bank) -> None:
+        self.bank = bank
+        self.index = {clip.path: i for i, clip in enumerate(bank.clips)}
+
+    def features(self, clips: list, settings) -> list:
+        return [self.bank.original(self.index[clip.path], settings) for clip in clips]
+
+    def copies(self, clips: list, settings, count: int, seed: int) -> list:
+        # The bank's copies were drawn once, from its own seed, whatever the run's seed.
+        rows = [self.index[clip.path] for clip in clips]
+
+        def copy(number: int):
+            return (self.bank.copy(number, row, settings) for row in rows)
+
+        return [copy(number) for number in range(count)]
+
+
+def planned_runs(args: argparse.Namespace, ravdess: list, tess: list):
+    """(out path, protocol, name, clips, split, recipe, seed) in the order they should run."""
     folds = [int(fold) for fold in args.folds.split(",")]
-    for protocol in args.protocol:
-        for name, clips, split in experiments(
-            protocol, ravdess, tess, folds, args.seed, args.tess_every
-        ):
-            for recipe in args.recipe:
-                out = RESULTS / f"{name}--{recipe}--seed{args.seed}.json"
-                if out.exists() and not args.overwrite:
-                    log.info("%s exists, skipped", out.name)
-                    continue
-                started = time.perf_counter()
-                with tempfile.TemporaryDirectory(prefix="ser-report-") as cache_dir:
-                    bundle, metrics = train_and_evaluate(
-                        [waveforms[clip.path] for clip in clips],
-                        clips,
-                        split,
-                        recipe_config(recipe, args.epochs, args.seed, args.precision),
-                        cache_dir=Path(cache_dir),
-                        progress=log.info,
-                    )
-                result = {
-                    "experiment": name,
-                    "protocol": protocol,
-                    "recipe": recipe,
-                    "seed": args.seed,
-                    "precision": args.precision,
-                    "epochs_max": args.epochs,
-                    "split": split.to_dict(),
-                    "metrics": metrics,
-                    "epochs_run": bundle.manifest["training_data"]["epochs_run"],
-                    "best_epoch": bundle.manifest["training_data"]["best_epoch"],
-                    "seconds": round(time.perf_counter() - started, 1),
-                    "machine": machine(),
-                    "probabilities": {
-                        side: side_probabilities(
-                            bundle,
-                            [waveforms[clips[i].path] for i in indices],
-                            [clips[i].emotion for i in indices],
-                        )
-                        for side, indices in (("val", split.val), ("test", split.test))
-                    },
-                }
-                out.write_text(json.dumps(result, indent=1) + "\n")
-                log.info("%s: %s", out.name, {m: round(metrics[m]["macro_f1"], 3) for m in metrics})
+    for seed in [int(seed) for seed in args.seeds.split(",")]:
+        for protocol in args.protocol:
+            for name, clips, split in experiments(
+                protocol, ravdess, tess, folds, seed, args.tess_every
+            ):
+                for recipe in args.recipe:
+                    out = RESULTS / f"{name}--{recipe}--seed{seed}.json"
+                    yield out, protocol, name, clips, split, recipe, seed
 
 
-def side_probabilities(bundle, waveforms: list, labels: list[str]) -> dict:
+def run(args: argparse.Namespace) -> None:
+    from ser_worker.datasets import load_dataset
+    from ser_worker.experiment import train_and_evaluate_features
+
+    started_all = time.monotonic()
+    if args.bank:
+        from ser_worker import feature_bank
+
+        bank = feature_bank.load(args.bank, args.data)
+        source = BankSource(bank)
+        ravdess = [clip for clip in bank.clips if clip.corpus == "ravdess"]
+        tess = [clip for clip in bank.clips if clip.corpus == "tess"]
+    else:
+        ravdess = load_dataset(args.data / "ravdess").clips
+        tess = load_dataset(args.data / "tess").clips
+        source = AudioSource(ravdess + tess)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shard, shards = (int(part) for part in args.shard.split("/"))
+    plan = list(planned_runs(args, ravdess, tess))
+    for number, (out, protocol, name, clips, split, recipe, seed) in enumerate(plan):
+        if number % shards != shard:
+            continue
+        if out.exists() and not args.overwrite:
+            log.info("%s exists, skipped", out.name)
+            continue
+        if args.stop_after and time.monotonic() - started_all > args.stop_after:
+            log.info("stopping: %d s have passed (--stop-after)", args.stop_after)
+            break
+        started = time.perf_counter()
+        config = recipe_config(recipe, args.epochs, seed, args.precision)
+        settings = config.feature_settings
+        features = source.features(clips, settings)
+        copies = source.copies(
+            [clips[i] for i in split.train], settings, config.augment_copies, seed
+        )
+        with tempfile.TemporaryDirectory(prefix="ser-report-") as cache_dir:
+            bundle, metrics = train_and_evaluate_features(
+                features, copies, clips, split, config, cache_dir=Path(cache_dir), progress=log.info
+            )
+        result = {
+            "experiment": name,
+            "protocol": protocol,
+            "recipe": recipe,
+            "seed": seed,
+            "precision": args.precision,
+            "epochs_max": args.epochs,
+            "features": "bank (log-mel in 0.31 dB steps)" if args.bank else "audio",
+            "split": split.to_dict(),
+            "metrics": metrics,
+            "epochs_run": bundle.manifest["training_data"]["epochs_run"],
+            "best_epoch": bundle.manifest["training_data"]["best_epoch"],
+            "seconds": round(time.perf_counter() - started, 1),
+            "machine": machine(),
+            "probabilities": {
+                side: side_probabilities(
+                    bundle,
+                    [features[i] for i in indices],
+                    [clips[i].emotion for i in indices],
+                )
+                for side, indices in (("val", split.val), ("test", split.test))
+            },
+        }
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        log.info("%s: %s", out.name, {m: round(metrics[m]["macro_f1"], 3) for m in metrics})
+
+
+def side_probabilities(bundle, features: list, labels: list[str]) -> dict:
     """Each model's softmax outputs per clip, so ensembles can be studied without retraining."""
-    from ser_worker.features import extract
     from ser_worker.inference import predict_probabilities
 
-    features = [extract(y, bundle.feature_settings) for y in waveforms]
     outputs = predict_probabilities(bundle, features)
     return {
         "labels": labels,
@@ -404,10 +502,17 @@ def main() -> None:
     run_parser = sub.add_parser("run", help="train and evaluate; one JSON per run")
     run_parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     run_parser.add_argument("--protocol", action="append", choices=PROTOCOLS, required=True)
-    run_parser.add_argument("--recipe", action="append", choices=("study", "ours"))
+    run_parser.add_argument("--recipe", action="append", choices=RECIPES)
     run_parser.add_argument("--folds", default="0,1,2,3,4")
     run_parser.add_argument("--epochs", type=int, default=30)
-    run_parser.add_argument("--seed", type=int, default=0)
+    run_parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    run_parser.add_argument("--bank", type=Path, help="features from ser_worker.feature_bank")
+    run_parser.add_argument(
+        "--shard", default="0/1", help="K/N: run only every N-th planned run, from the K-th"
+    )
+    run_parser.add_argument(
+        "--stop-after", type=int, default=0, help="start no run after this many seconds"
+    )
     run_parser.add_argument("--tess-every", type=int, default=1)
     run_parser.add_argument(
         "--precision",

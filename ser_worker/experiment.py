@@ -4,7 +4,7 @@ Shared by the training task, the default-model script and the results report, so
 figure we publish comes from the same code path that produces the served models.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,10 @@ import numpy as np
 
 from ser_worker.bundle import Bundle, create_bundle
 from ser_worker.datasets import LabelledClip, Split
-from ser_worker.inference import predict
+from ser_worker.features import ClipFeatures
+from ser_worker.inference import predict_features
 from ser_worker.metrics import evaluate
-from ser_worker.training import TrainConfig, train
+from ser_worker.training import TrainConfig, augmented_copy, extract_all, train_on_features
 
 
 def evaluate_bundle(
@@ -24,9 +25,16 @@ def evaluate_bundle(
 
     Empty when there are no waveforms (a bundle trained on every clip has no test side).
     """
-    if not waveforms:
+    return evaluate_features(bundle, extract_all(waveforms, bundle.feature_settings), labels)
+
+
+def evaluate_features(
+    bundle: Bundle, features: Sequence[ClipFeatures], labels: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """`evaluate_bundle` for features already extracted under the bundle's settings."""
+    if not features:
         return {}
-    predictions = predict(bundle, waveforms)
+    predictions = predict_features(bundle, features)
     return {
         model: evaluate(labels, [clip[model].emotion for clip in predictions])
         for model in predictions[0]
@@ -45,13 +53,61 @@ def train_and_evaluate(
     licences: Sequence[str] = (),
     ensemble_weights: dict[str, float] | None = None,
 ) -> tuple[Bundle, dict[str, dict[str, Any]]]:
-    def side(indices: Sequence[int]) -> tuple[list[np.ndarray], list[str]]:
-        return [waveforms[i] for i in indices], [clips[i].emotion for i in indices]
+    """Extract every clip's features and augment the training side, then train and evaluate."""
+    settings = config.feature_settings
+    if progress:
+        progress(f"extracting features of {len(waveforms)} clips")
+    rng = np.random.default_rng(config.seed)
+    train_waveforms = [waveforms[i] for i in split.train]
+    copies = [augmented_copy(train_waveforms, settings, rng) for _ in range(config.augment_copies)]
+    return train_and_evaluate_features(
+        extract_all(waveforms, settings),
+        copies,
+        clips,
+        split,
+        config,
+        cache_dir=cache_dir,
+        progress=progress,
+        training_data=training_data,
+        licences=licences,
+        ensemble_weights=ensemble_weights,
+    )
+
+
+def train_and_evaluate_features(
+    features: Sequence[ClipFeatures],
+    copies: Sequence[Iterable[ClipFeatures]],
+    clips: Sequence[LabelledClip],
+    split: Split,
+    config: TrainConfig,
+    *,
+    cache_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    training_data: dict[str, Any] | None = None,
+    licences: Sequence[str] = (),
+    ensemble_weights: dict[str, float] | None = None,
+) -> tuple[Bundle, dict[str, dict[str, Any]]]:
+    """Like `train_and_evaluate` from features of every clip and augmented copies of split.train.
+
+    Lets features be extracted once and reused by many runs, or on another machine.
+    """
+
+    def side(indices: Sequence[int]) -> tuple[list[ClipFeatures], list[str]]:
+        return [features[i] for i in indices], [clips[i].emotion for i in indices]
 
     train_x, train_y = side(split.train)
     val_x, val_y = side(split.val)
     test_x, test_y = side(split.test)
-    result = train(train_x, train_y, val_x, val_y, config, cache_dir=cache_dir, progress=progress)
+    result = train_on_features(
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        config,
+        copies=copies,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     bundle = create_bundle(
         result.models,
         feature_settings=config.feature_settings,
@@ -69,7 +125,7 @@ def train_and_evaluate(
         licences=list(licences),
         ensemble_weights=ensemble_weights,
     )
-    metrics = evaluate_bundle(bundle, test_x, test_y)
+    metrics = evaluate_features(bundle, test_x, test_y)
     # Measured with the finished bundle, so added after its version (a hash of the weights and
     # the training manifest) is fixed.
     bundle.manifest["metrics"] = metrics

@@ -43,9 +43,17 @@ class FeatureSettings:
     n_mels: int = 128
     seq_frames: int = 400
     mel_frames: int = DEFAULT_MEL_FRAMES
+    # Per-utterance normalisation: each mel band's mean over the clip is subtracted before the
+    # training-set standardisation, as cepstral mean normalisation does, so that a recording's
+    # channel and a speaker's average spectrum weigh less than how the spectrum moves.
+    subtract_clip_mean: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.subtract_clip_mean, bool):
+            raise ValueError(f"subtract_clip_mean must be a bool, got {self.subtract_clip_mean!r}")
         for field in fields(self):
+            if field.name == "subtract_clip_mean":
+                continue
             value = getattr(self, field.name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
@@ -59,7 +67,7 @@ class FeatureSettings:
     def input_length_1d(self) -> int:
         return 2 * self.seq_frames
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
     @classmethod
@@ -142,11 +150,20 @@ def extract(y: np.ndarray, settings: FeatureSettings) -> ClipFeatures:
     if y.ndim != 1 or y.shape[0] == 0:
         raise ValueError(f"expected a non-empty mono waveform, got shape {y.shape}")
     y = y.astype(np.float32, copy=False)
-    return ClipFeatures(
+    features = ClipFeatures(
         zcr=zero_crossing_rate(y, settings),
         energy=frame_energy(y, settings),
         mel_db=log_mel(y, settings),
     )
+    return per_clip_normalised(features, settings)
+
+
+def per_clip_normalised(features: ClipFeatures, settings: FeatureSettings) -> ClipFeatures:
+    """What `extract` returns for these raw features under `settings` (see subtract_clip_mean)."""
+    if not settings.subtract_clip_mean:
+        return features
+    mel_db = features.mel_db - features.mel_db.mean(axis=1, keepdims=True)
+    return ClipFeatures(zcr=features.zcr, energy=features.energy, mel_db=mel_db)
 
 
 @dataclass

@@ -9,7 +9,7 @@ so every epoch sees new variants without storing them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -142,19 +142,18 @@ class TrainingCache:
 
 def build_cache(
     features: Sequence[ClipFeatures],
-    waveforms: Sequence[np.ndarray],
     y: np.ndarray,
     normalizer: Normalizer,
     settings: FeatureSettings,
     cache_dir: Path,
     *,
-    copies: int,
-    rng: np.random.Generator,
+    copies: Sequence[Iterable[ClipFeatures]] = (),
     progress: Progress | None = None,
 ) -> TrainingCache:
-    """Write the inputs of every original and `copies` augmented copies of it to memmaps.
+    """Write the inputs of every original and of each augmented copy to memmaps.
 
-    Copies are generated, extracted and written one at a time so RAM never holds them all.
+    Each element of `copies` yields the features of one augmented version of every original,
+    in the same order; they are consumed one clip at a time so RAM never holds them all.
     The mel image is stored wider than the model window (up to the longest clip, capped) in
     the input_2d layout, so a crop of it equals input_2d at the same offset for every clip that
     fits the stored width; longer clips keep their centred part.
@@ -167,7 +166,7 @@ def build_cache(
     )
     wide = replace(settings, mel_frames=width)
     n_originals = len(features)
-    n = n_originals * (1 + copies)
+    n = n_originals * (1 + len(copies))
     x1 = np.lib.format.open_memmap(
         cache_dir / "train_x1.npy",
         mode="w+",
@@ -189,14 +188,15 @@ def build_cache(
 
     for i, clip in enumerate(features):
         write(i, clip)
-    for copy in range(copies):
+    for number, copy in enumerate(copies):
         if progress:
-            progress(f"augmenting: copy {copy + 1}/{copies} of {n_originals} clips")
-        for i, waveform in enumerate(waveforms):
-            augmented, _kind = augment_module.augment(
-                np.asarray(waveform, dtype=np.float32), rng, sample_rate=settings.sample_rate
-            )
-            write(n_originals * (1 + copy) + i, extract(augmented, settings))
+            progress(f"augmenting: copy {number + 1}/{len(copies)} of {n_originals} clips")
+        written = 0
+        for i, clip in enumerate(copy):
+            write(n_originals * (1 + number) + i, clip)
+            written += 1
+        if written != n_originals:
+            raise ValueError(f"augmented copy {number} has {written} clips, not {n_originals}")
     x1.flush()
     mel.flush()
     # Reopened read-only: batches page in from disk and the OS may evict them again.
@@ -204,9 +204,20 @@ def build_cache(
         x1=np.load(cache_dir / "train_x1.npy", mmap_mode="r"),
         mel=np.load(cache_dir / "train_mel.npy", mmap_mode="r"),
         lengths=lengths,
-        y=np.tile(y, 1 + copies),
+        y=np.tile(y, 1 + len(copies)),
         width=width,
     )
+
+
+def augmented_copy(
+    waveforms: Sequence[np.ndarray], settings: FeatureSettings, rng: np.random.Generator
+) -> Iterator[ClipFeatures]:
+    """Features of one augmented version of each waveform, computed as they are consumed."""
+    for waveform in waveforms:
+        augmented, _kind = augment_module.augment(
+            np.asarray(waveform, dtype=np.float32), rng, sample_rate=settings.sample_rate
+        )
+        yield extract(augmented, settings)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -355,39 +366,78 @@ def train(
     cache_dir: Path,
     progress: Progress | None = None,
 ) -> TrainResult:
+    """Train each model in config.models on waveforms; see `train_on_features`.
+
+    The augmented copies are drawn from one Generator seeded with config.seed, copy after copy.
+    """
+    started = time.perf_counter()
+    _check_sides(train_waveforms, train_labels, val_waveforms, val_labels)
+    settings = config.feature_settings
+    if progress:
+        progress(f"extracting features of {len(train_waveforms) + len(val_waveforms)} clips")
+    rng = np.random.default_rng(config.seed)
+    # Generators: each copy is computed only while build_cache writes it.
+    copies = [augmented_copy(train_waveforms, settings, rng) for _ in range(config.augment_copies)]
+    return train_on_features(
+        extract_all(train_waveforms, settings),
+        train_labels,
+        extract_all(val_waveforms, settings),
+        val_labels,
+        config,
+        copies=copies,
+        cache_dir=cache_dir,
+        progress=progress,
+        started=started,
+    )
+
+
+def _check_sides(train_x: Sequence, train_y: Sequence, val_x: Sequence, val_y: Sequence) -> None:
+    if len(train_x) != len(train_y) or len(val_x) != len(val_y):
+        raise ValueError("each waveform needs exactly one label")
+    if not train_x or not val_x:
+        raise ValueError("training needs at least one training and one validation clip")
+
+
+def train_on_features(
+    train_features: Sequence[ClipFeatures],
+    train_labels: Sequence[str],
+    val_features: Sequence[ClipFeatures],
+    val_labels: Sequence[str],
+    config: TrainConfig = TrainConfig(),
+    *,
+    copies: Sequence[Iterable[ClipFeatures]] = (),
+    cache_dir: Path,
+    progress: Progress | None = None,
+    started: float | None = None,
+) -> TrainResult:
     """Train each model in config.models; returns them with the best validation weights.
 
+    `copies` holds config.augment_copies augmented versions of the training clips (see
+    `build_cache`): computed on the fly by `train`, or read from features extracted elsewhere.
     `cache_dir` must be private to this call (the training inputs are written there) and may
     be deleted once it returns.
     """
-    started = time.perf_counter()
-    if len(train_waveforms) != len(train_labels) or len(val_waveforms) != len(val_labels):
-        raise ValueError("each waveform needs exactly one label")
-    if not train_waveforms or not val_waveforms:
-        raise ValueError("training needs at least one training and one validation clip")
+    started = time.perf_counter() if started is None else started
+    _check_sides(train_features, train_labels, val_features, val_labels)
+    if len(copies) != config.augment_copies:
+        raise ValueError(
+            f"config asks for {config.augment_copies} augmented copies, got {len(copies)}"
+        )
     keras.utils.set_random_seed(config.seed)
     settings = config.feature_settings
     y_train, y_val = label_indices(train_labels), label_indices(val_labels)
-
-    if progress:
-        progress(f"extracting features of {len(train_waveforms) + len(val_waveforms)} clips")
-    train_features = extract_all(train_waveforms, settings)
-    val_features = extract_all(val_waveforms, settings)
     # Fitted on the originals only: augmented copies would shift the statistics towards the
     # augmentations, which inference never sees.
     normalizer = fit_normalizer(train_features)
     cache = build_cache(
         train_features,
-        train_waveforms,
         y_train,
         normalizer,
         settings,
         Path(cache_dir),
-        copies=config.augment_copies,
-        rng=np.random.default_rng(config.seed),
+        copies=copies,
         progress=progress,
     )
-    del train_features
     x1_val, x2_val = batch_inputs(val_features, settings, normalizer)
     val_inputs = {"cnn1d": x1_val, "cnn2d": x2_val}
     class_weights = balanced_class_weights(cache.y) if config.class_weights else None

@@ -14,18 +14,24 @@ from .test_report import _result, _side
 
 
 def test_fold_runs_are_the_speaker_folds_of_the_recipe(tmp_path):
-    for name, protocol, recipe in (
-        ("speaker-ravdess-fold0", "speaker-ravdess", "ours"),
-        ("speaker-ravdess-fold1", "speaker-ravdess", "ours"),
-        ("speaker-ravdess-fold0", "speaker-ravdess", "study"),
-        ("random-ravdess", "random-ravdess", "ours"),
+    for name, protocol, recipe, seed in (
+        ("speaker-ravdess-with-tess-fold0", "speaker-ravdess-with-tess", "ours", 0),
+        ("speaker-ravdess-with-tess-fold0", "speaker-ravdess-with-tess", "ours", 1),
+        ("speaker-ravdess-with-tess-fold1", "speaker-ravdess-with-tess", "ours", 0),
+        ("speaker-ravdess-with-tess-fold0", "speaker-ravdess-with-tess", "study", 0),
+        ("speaker-ravdess-fold0", "speaker-ravdess", "ours", 0),
+        ("random-ravdess", "random-ravdess", "ours", 0),
     ):
-        run = _result(name, protocol, recipe, right=12)
-        (tmp_path / f"{name}--{recipe}--seed0.json").write_text(json.dumps(run))
+        run = {**_result(name, protocol, recipe, right=12), "seed": seed}
+        (tmp_path / f"{name}--{recipe}--seed{seed}.json").write_text(json.dumps(run))
     runs = fold_runs(tmp_path)
-    assert [(r["experiment"], r["recipe"]) for r in runs] == [
-        ("speaker-ravdess-fold0", "ours"),
-        ("speaker-ravdess-fold1", "ours"),
+    assert [(r["experiment"], r["recipe"], r["seed"]) for r in runs] == [
+        ("speaker-ravdess-with-tess-fold0", "ours", 0),
+        ("speaker-ravdess-with-tess-fold0", "ours", 1),
+        ("speaker-ravdess-with-tess-fold1", "ours", 0),
+    ]
+    assert [r["experiment"] for r in fold_runs(tmp_path, protocol="speaker-ravdess")] == [
+        "speaker-ravdess-fold0"
     ]
     assert fold_runs(tmp_path / "nothing-here") == []
 
@@ -36,10 +42,10 @@ def test_expected_metrics_average_the_folds():
         _result("speaker-ravdess-fold1", "speaker-ravdess", "ours", right=12),
     ]
     estimate = expected_metrics(runs, weights=None)
-    assert estimate["runs"] == ["speaker-ravdess-fold0", "speaker-ravdess-fold1"]
+    assert estimate["runs"] == ["speaker-ravdess-fold0--seed0", "speaker-ravdess-fold1--seed0"]
     # 8 of 12 and 12 of 12 right (NEU clips are right either way).
     assert estimate["ensemble"]["accuracy"] == pytest.approx((8 / 12 + 1) / 2)
-    assert estimate["ensemble"]["folds"] == 2 and estimate["ensemble"]["macro_f1_std"] > 0
+    assert estimate["ensemble"]["runs"] == 2 and estimate["ensemble"]["macro_f1_std"] > 0
     assert expected_metrics([], weights=None) == {}
 
 
@@ -58,9 +64,9 @@ def test_weights_come_from_validation_and_the_estimate_uses_them():
     assert weights == {"cnn1d": 0.4, "cnn2d": 0.6}
     estimate = expected_metrics([*folds, no_outputs], weights)
     assert estimate["ensemble"]["weights"] == weights
-    assert estimate["ensemble"]["folds"] == 2  # only the folds that kept their outputs
+    assert estimate["ensemble"]["runs"] == 2  # only the runs that kept their outputs
     assert estimate["ensemble"]["macro_f1"] == 1.0
-    assert estimate["cnn2d"]["folds"] == 3
+    assert estimate["cnn2d"]["runs"] == 3
     assert cross_validated_weights([no_outputs]) is None
 
 
@@ -68,10 +74,15 @@ def test_models_listing_says_whether_a_score_was_measured_or_is_expected():
     measured = {"metrics": {"ensemble": {"macro_f1": 0.61}}, "expected_metrics": {}}
     expected = {
         "metrics": {},
+        "expected_metrics": {"ensemble": {"macro_f1": 0.5, "macro_f1_std": 0.04, "runs": 25}},
+    }
+    older = {
+        "metrics": {},
         "expected_metrics": {"ensemble": {"macro_f1": 0.5, "macro_f1_std": 0.04, "folds": 3}},
     }
     assert _score(measured) == "macro-F1 0.610"
     assert _score(expected) == (
-        "macro-F1 0.500 ± 0.040 expected on unseen speakers (cross-validated, 3 folds)"
+        "macro-F1 0.500 ± 0.040 expected on unseen speakers (cross-validated over 25 runs)"
     )
+    assert _score(older).endswith("(cross-validated over 3 runs)")
     assert _score({"metrics": {}, "expected_metrics": {}}) == ""

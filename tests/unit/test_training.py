@@ -45,16 +45,7 @@ def _cache(tmp_path: Path, n_frames: list[int], y: list[int] | None = None):
     features = _features(n_frames)
     normalizer = fit_normalizer(features)
     labels = np.array(y if y is not None else [i % 6 for i in range(len(features))], np.int32)
-    cache = build_cache(
-        features,
-        [],
-        labels,
-        normalizer,
-        SMALL,
-        tmp_path,
-        copies=0,
-        rng=np.random.default_rng(0),
-    )
+    cache = build_cache(features, labels, normalizer, SMALL, tmp_path)
     return features, normalizer, cache
 
 
