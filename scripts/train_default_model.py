@@ -68,9 +68,7 @@ def every_clip(clips: list[LabelledClip], monitor_every: int) -> Split:
 ESTIMATE_PROTOCOL = "speaker-ravdess-with-tess"
 
 
-def fold_runs(
-    results: Path, recipe: str = "ours", protocol: str = ESTIMATE_PROTOCOL
-) -> list[dict]:
+def fold_runs(results: Path, recipe: str = "ours", protocol: str = ESTIMATE_PROTOCOL) -> list[dict]:
     """The speaker-independent RAVDESS runs (every fold and seed) of a recipe, from report.py."""
     return [
         json.loads(path.read_text())
