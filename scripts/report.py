@@ -1,23 +1,31 @@
 """Run the evaluation protocols of docs/RESULTS.md and render the report from their results.
 
     python scripts/report.py run --protocol random-ravdess --recipe ours --recipe study
-    python scripts/report.py run --protocol speaker-ravdess --folds 0,1,2,3,4
+    python scripts/report.py run --protocol speaker-ravdess --folds 0,1,2,3,4 --seeds 0,1,2
     python scripts/report.py render
 
-The grid of docs/RESULTS.md was made with `--epochs 20 --precision mixed_bfloat16`, adding
-`--tess-every 2` for speaker-tess (with `--epochs 8`) and cross-corpus.
+How the published grid was made (docs/RESULTS.md, "Where and how the runs were made"):
+random-ravdess, speaker-ravdess and speaker-ravdess-with-tess with `--bank .bank/bank.npz
+--seeds 0,1,2,3,4 --epochs 40` on a GPU (scripts/gpu_grid.sh); speaker-tess (`--epochs 8`) and
+cross-corpus (`--epochs 20`) with `--tess-every 2 --precision mixed_bfloat16` on 2 CPU cores.
 
-Protocols (RAVDESS actors 01-20 and TESS, six classes, from --data):
-  random-ravdess    the study's protocol: stratified clip-level split, same actors on both sides
-  speaker-ravdess   5 folds of 4 unseen actors (validation: other whole actors)
-  speaker-tess      trained on one TESS speaker, tested on the other (both directions)
-  cross-corpus      trained on RAVDESS, tested on TESS, and the reverse
+Protocols (RAVDESS actors 01-20 and TESS, six classes, from --data or --bank):
+  random-ravdess             the study's protocol: stratified clip-level split, same actors on
+                             both sides
+  speaker-ravdess            5 folds of 4 unseen actors (validation: other whole actors)
+  speaker-ravdess-with-tess  the same folds, TESS's speakers added to the training side
+  speaker-tess               trained on one TESS speaker, tested on the other (both directions)
+  cross-corpus               trained on RAVDESS, tested on TESS, and the reverse
 Recipes: `study` trains the two architectures plainly (no augmentation, no SpecAugment, centred
-crops, no class weights); `ours` is the project's default training (TrainConfig()).
+crops, no class weights); `ours` is the project's default training (TrainConfig()); `ours-cmn`
+adds per-utterance mean normalisation of the log-mel.
 
+Features come from the audio under --data, extracted and augmented per run, or from a bank
+(ser_worker.feature_bank) whose clips and augmented copies were extracted once; a bank built
+with --tess-every already holds only those TESS clips, so runs on it keep --tess-every 1.
 Each run writes one JSON file under docs/results/, so runs can be spread over machines and
-sessions (KERAS_BACKEND=jax on a GPU runs the same code); `render` rebuilds the tables from
-whatever results exist and marks what has not been run.
+sessions (KERAS_BACKEND=jax on a GPU runs the same code); `--shard K/N` and `--stop-after`
+split a grid between processes; `render` rebuilds the tables from whatever results exist.
 """
 
 import argparse
@@ -293,7 +301,7 @@ def run(args: argparse.Namespace) -> None:
                 for side, indices in (("val", split.val), ("test", split.test))
             },
         }
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        out.write_text(json.dumps(result, separators=(",", ":")) + "\n")
         log.info("%s: %s", out.name, {m: round(metrics[m]["macro_f1"], 3) for m in metrics})
 
 
@@ -304,7 +312,8 @@ def side_probabilities(bundle, features: list, labels: list[str]) -> dict:
     outputs = predict_probabilities(bundle, features)
     return {
         "labels": labels,
-        **{name: np.round(p, 5).tolist() for name, p in outputs.items()},
+        # float64 before rounding, so the JSON holds 0.0381 rather than 0.038029998540878296.
+        **{name: np.round(p.astype(np.float64), 4).tolist() for name, p in outputs.items()},
     }
 
 
@@ -328,37 +337,51 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
+# Every protocol is run with these; other recipes are experiments shown where they were run.
+REQUIRED_RECIPES = ("study", "ours")
+
+
 def _chosen(results: list[dict], protocol: str, recipe: str) -> list[dict]:
     return [r for r in results if r["protocol"] == protocol and r["recipe"] == recipe]
 
 
+def _groups(results: list[dict]):
+    """(protocol, recipe, runs) in table order; required recipes even when nothing was run."""
+    for protocol in PROTOCOLS:
+        for recipe in RECIPES:
+            chosen = _chosen(results, protocol, recipe)
+            if chosen or recipe in REQUIRED_RECIPES:
+                yield protocol, recipe, chosen
+
+
 def summary_table(results: list[dict]) -> str:
-    """Mean ± std over the runs (folds, directions) of each protocol, recipe and model."""
+    """Mean ± std over the runs (folds x seeds, directions) of each protocol, recipe and model."""
     lines = [
         "| protocol | recipe | model | accuracy | macro-F1 | runs |",
         "|---|---|---|---|---|---|",
     ]
-    for protocol in PROTOCOLS:
-        for recipe in RECIPES:
-            chosen = _chosen(results, protocol, recipe)
-            for model in MODELS:
-                accuracy = [r["metrics"][model]["accuracy"] for r in chosen]
-                macro_f1 = [r["metrics"][model]["macro_f1"] for r in chosen]
-                lines.append(
-                    f"| {protocol} | {recipe} | {model} | {_cell(accuracy)} | "
-                    f"{_cell(macro_f1)} | {len(chosen) if model == 'cnn1d' else ''} |"
-                )
+    for protocol, recipe, chosen in _groups(results):
+        for model in MODELS:
+            accuracy = [r["metrics"][model]["accuracy"] for r in chosen]
+            macro_f1 = [r["metrics"][model]["macro_f1"] for r in chosen]
+            lines.append(
+                f"| {protocol} | {recipe} | {model} | {_cell(accuracy)} | "
+                f"{_cell(macro_f1)} | {len(chosen) if model == 'cnn1d' else ''} |"
+            )
     return "\n".join(lines)
 
 
 def runs_table(results: list[dict]) -> str:
     """Every run on its own line: what the means above are made of, and what each one cost."""
     lines = [
-        "| run | recipe | train / val / test clips | cnn1d | cnn2d | ensemble | epochs 1d/2d "
-        "(best) | machine, training arithmetic | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | recipe | seed | train / val / test clips | cnn1d | cnn2d | ensemble | epochs "
+        "1d/2d (best) | machine, training arithmetic | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: (PROTOCOLS.index(r["protocol"]), r["experiment"])):
+    for r in sorted(
+        results,
+        key=lambda r: (PROTOCOLS.index(r["protocol"]), r["experiment"], r["recipe"], _seed(r)),
+    ):
         sizes = r["split"]["sizes"]
         epochs = "/".join(str(r["epochs_run"][m]) for m in ("cnn1d", "cnn2d"))
         best = r.get("best_epoch")
@@ -367,37 +390,39 @@ def runs_table(results: list[dict]) -> str:
         f1 = " | ".join(f"{r['metrics'][m]['macro_f1']:.3f}" for m in MODELS)
         precision = r.get("precision", "float32")
         lines.append(
-            f"| {r['experiment']} | {r['recipe']} | {sizes['train']} / {sizes['val']} / "
-            f"{sizes['test']} | {f1} | {epochs} | {r['machine']}, {precision} | "
+            f"| {r['experiment']} | {r['recipe']} | {_seed(r)} | {sizes['train']} / "
+            f"{sizes['val']} / {sizes['test']} | {f1} | {epochs} | {r['machine']}, {precision} | "
             f"{r['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
 
+def _seed(run: dict) -> int:
+    return run.get("seed", 0)
+
+
 def summed_confusions(results: list[dict]):
     """(protocol, recipe, model, runs, matrix, labels) for every group of runs that exists.
 
-    The matrix sums the runs' test confusions: each test clip is tested in exactly one run.
+    The matrix sums the runs' test confusions: each test clip counts once per seed.
     """
     from ser_worker.metrics import confusion_matrix
 
-    for protocol in PROTOCOLS:
-        for recipe in RECIPES:
-            chosen = _chosen(results, protocol, recipe)
-            for model in MODELS if chosen else ():
-                labels = chosen[0]["metrics"][model]["labels"]
-                total = confusion_matrix([], [], labels)
-                for r in chosen:
-                    total = total + r["metrics"][model]["confusion"]
-                yield protocol, recipe, model, len(chosen), total.tolist(), labels
+    for protocol, recipe, chosen in _groups(results):
+        for model in MODELS if chosen else ():
+            labels = chosen[0]["metrics"][model]["labels"]
+            total = confusion_matrix([], [], labels)
+            for r in chosen:
+                total = total + r["metrics"][model]["confusion"]
+            yield protocol, recipe, model, len(chosen), total.tolist(), labels
 
 
 def confusion_table(results: list[dict]) -> str:
     from ser_worker.metrics import most_confused
 
     lines = [
-        "| protocol | recipe | model | test clips | most-confused pairs (true→predicted: count, "
-        "share of the true class) |",
+        "| protocol | recipe | model | test predictions | most-confused pairs (true→predicted: "
+        "count, share of the true class) |",
         "|---|---|---|---|---|",
     ]
     for protocol, recipe, model, _runs, matrix, labels in summed_confusions(results):
@@ -424,52 +449,90 @@ def plot_confusions(results: list[dict]) -> list[Path]:
     ]
 
 
-def target_check(results: list[dict]) -> str:
-    """The issue's targets under the speaker-independent RAVDESS protocol, as measured."""
-    ours = _chosen(results, "speaker-ravdess", "ours")
-    study = _chosen(results, "speaker-ravdess", "study")
-    paired = sorted({r["experiment"] for r in ours} & {r["experiment"] for r in study})
-    if not paired:
-        return "Targets: no speaker-ravdess folds run with both recipes yet."
+def _by_fold_and_seed(results: list[dict], protocol: str, recipe: str) -> dict[tuple, dict]:
+    """Runs keyed by (fold, seed): a fold of one seed holds the same test actors in every
+    speaker-ravdess protocol, so runs can be paired across recipes and protocols."""
+    return {
+        (r["experiment"].rsplit("-", 1)[-1], _seed(r)): r
+        for r in _chosen(results, protocol, recipe)
+    }
 
-    def mean_f1(runs: list[dict], model: str) -> float:
-        return statistics.mean(
-            r["metrics"][model]["macro_f1"] for r in runs if r["experiment"] in paired
-        )
 
-    ensemble = mean_f1(ours, "ensemble")
-    gain = ensemble - mean_f1(study, "ensemble")
-    gain_2d = mean_f1(ours, "cnn2d") - mean_f1(study, "cnn2d")
+def _paired_gain(
+    results: list[dict], model: str, better: tuple[str, str], baseline: tuple[str, str]
+) -> tuple[float, float, float, int] | None:
+    """(mean of `better`, mean of `baseline`, mean paired gain, pairs) over shared folds x seeds."""
+    ours, theirs = _by_fold_and_seed(results, *better), _by_fold_and_seed(results, *baseline)
+    shared = sorted(set(ours) & set(theirs))
+    if not shared:
+        return None
+    a = [ours[key]["metrics"][model]["macro_f1"] for key in shared]
+    b = [theirs[key]["metrics"][model]["macro_f1"] for key in shared]
     return (
-        f"Targets under speaker-ravdess, over the {len(paired)} fold{'s' * (len(paired) != 1)} "
-        "run with both recipes: "
-        f"ensemble macro-F1 {ensemble:.3f} (target ≥ 0.75: "
-        f"{'met' if ensemble >= 0.75 else 'not met'}); {gain * 100:+.1f} points over the study "
-        f"recipe's ensemble (target ≥ +10: {'met' if gain >= 0.10 else 'not met'}); "
-        f"cnn2d alone {gain_2d * 100:+.1f} points."
+        statistics.mean(a),
+        statistics.mean(b),
+        statistics.mean(a) - statistics.mean(b),
+        len(shared),
     )
 
 
-def ensemble_weights_table(results: list[dict]) -> str:
-    """The equal-weight ensemble against one whose weights are chosen on the validation clips."""
-    lines = [
-        "| run | recipe | cnn2d weight chosen on validation | test macro-F1: cnn2d | "
-        "equal-weight ensemble | validation-weighted ensemble |",
-        "|---|---|---|---|---|---|",
-    ]
+def target_check(results: list[dict]) -> str:
+    """The issue's targets under speaker-independent RAVDESS, as measured, pair by pair."""
+    comparisons = (
+        (("speaker-ravdess", "ours"), ("speaker-ravdess", "study")),
+        (("speaker-ravdess-with-tess", "ours"), ("speaker-ravdess-with-tess", "study")),
+        (("speaker-ravdess-with-tess", "ours"), ("speaker-ravdess", "study")),
+    )
+    lines = []
+    for better, baseline in comparisons:
+        ensemble = _paired_gain(results, "ensemble", better, baseline)
+        cnn2d = _paired_gain(results, "cnn2d", better, baseline)
+        if ensemble is None or cnn2d is None:
+            continue
+        mean, base, gain, pairs = ensemble
+        lines.append(
+            f"- {better[1]} on {better[0]} against {baseline[1]} on {baseline[0]}, {pairs} "
+            f"paired runs (fold x seed): ensemble macro-F1 {mean:.3f} (target ≥ 0.75: "
+            f"{'met' if mean >= 0.75 else 'not met'}) against {base:.3f}, {gain * 100:+.1f} "
+            f"points (target ≥ +10: {'met' if gain >= 0.10 else 'not met'}); cnn2d alone "
+            f"{cnn2d[2] * 100:+.1f} points."
+        )
+    if not lines:
+        return "Targets: no speaker-ravdess folds run with both recipes yet."
+    return "Targets under speaker-independent RAVDESS:\n\n" + "\n".join(lines)
+
+
+def validation_table(results: list[dict]) -> str:
+    """Per group: scores on the validation actors (what a recipe may be chosen by) and the
+    ensemble with a cnn2d weight chosen there, against equal weights, on the test actors."""
     from ser_worker.metrics import choose_cnn2d_weight, ensemble_macro_f1
 
-    studied = [r for r in results if "probabilities" in r]
-    for r in sorted(studied, key=lambda r: (PROTOCOLS.index(r["protocol"]), r["experiment"])):
-        val, test = r["probabilities"]["val"], r["probabilities"]["test"]
-        weight = choose_cnn2d_weight(val["labels"], val)
-        scores = [ensemble_macro_f1(test["labels"], test, w) for w in (1.0, 0.5, weight)]
-        lines.append(
-            f"| {r['experiment']} | {r['recipe']} | {weight:.1f} | "
-            + " | ".join(f"{score:.3f}" for score in scores)
-            + " |"
-        )
-    return "\n".join(lines) if studied else "No run stored its per-model outputs yet."
+    lines = [
+        "| protocol | recipe | runs | validation: cnn2d | validation: ensemble | cnn2d weight "
+        "chosen on validation | test: cnn2d | test: equal-weight ensemble | test: "
+        "validation-weighted ensemble |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = 0
+    for protocol, recipe, chosen in _groups(results):
+        studied = [r["probabilities"] for r in chosen if "probabilities" in r]
+        if not studied:
+            continue
+        rows += 1
+        val_2d = [ensemble_macro_f1(p["val"]["labels"], p["val"], 1.0) for p in studied]
+        val_ens = [ensemble_macro_f1(p["val"]["labels"], p["val"], 0.5) for p in studied]
+        weights = [choose_cnn2d_weight(p["val"]["labels"], p["val"]) for p in studied]
+        test = [
+            [ensemble_macro_f1(p["test"]["labels"], p["test"], w) for p in studied]
+            for w in (1.0, 0.5)
+        ]
+        weighted = [
+            ensemble_macro_f1(p["test"]["labels"], p["test"], w)
+            for p, w in zip(studied, weights, strict=True)
+        ]
+        cells = [_cell(v) for v in (val_2d, val_ens, weights, *test, weighted)]
+        lines.append(f"| {protocol} | {recipe} | {len(studied)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else "No run stored its per-model outputs yet."
 
 
 def render(_args: argparse.Namespace) -> None:
@@ -482,7 +545,7 @@ def render(_args: argparse.Namespace) -> None:
         ("<!-- target-check -->", target_check(results)),
         ("<!-- runs-table -->", runs_table(results)),
         ("<!-- confusion-table -->", confusion_table(results)),
-        ("<!-- ensemble-weights -->", ensemble_weights_table(results)),
+        ("<!-- validation-table -->", validation_table(results)),
     ):
         text = _replace_between(text, marker, body)
     target.write_text(text)

@@ -56,6 +56,27 @@ def test_settings_reject_bad_values() -> None:
         FeatureSettings(hop_length=0)
     with pytest.raises(TypeError):
         FeatureSettings.from_dict({**S.to_dict(), "unknown": 1})
+    with pytest.raises(ValueError, match="bool"):
+        FeatureSettings(subtract_clip_mean=1)
+
+
+def test_settings_of_bundles_made_before_per_clip_normalisation_load_without_it() -> None:
+    older = {k: v for k, v in S.to_dict().items() if k != "subtract_clip_mean"}
+    assert FeatureSettings.from_dict(older).subtract_clip_mean is False
+
+
+def test_per_clip_normalisation_centres_each_band_and_leaves_the_rest(
+    real_clips: list[Path],
+) -> None:
+    y = load_audio(real_clips[0])
+    plain = extract(y, S)
+    centred = extract(y, FeatureSettings(subtract_clip_mean=True))
+    np.testing.assert_allclose(centred.mel_db.mean(axis=1), 0, atol=1e-4)
+    np.testing.assert_allclose(
+        centred.mel_db, plain.mel_db - plain.mel_db.mean(axis=1, keepdims=True), atol=1e-4
+    )
+    np.testing.assert_array_equal(centred.zcr, plain.zcr)
+    np.testing.assert_array_equal(centred.energy, plain.energy)
 
 
 # --- per-frame features ---------------------------------------------------------------------

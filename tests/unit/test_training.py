@@ -24,6 +24,7 @@ from ser_worker.training import (
     extract_all,
     label_indices,
     train,
+    train_on_features,
 )
 
 SMALL = FeatureSettings(n_mels=32, mel_frames=32, seq_frames=50)
@@ -265,6 +266,30 @@ def test_train_rejects_bad_input(tmp_path):
         train(waves, labels[:-1], waves, labels, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="validation"):
         train(waves, labels, [], [], cache_dir=tmp_path)
+
+
+def test_features_from_elsewhere_must_bring_the_configured_copies(tmp_path):
+    features = _features([40, 50, 60])
+    labels = ["ANG", "SAD", "NEU"]
+    config = TrainConfig(models=("cnn1d",), epochs=1, augment_copies=1, feature_settings=SMALL)
+    with pytest.raises(ValueError, match="1 augmented copies, got 0"):
+        train_on_features(features, labels, features, labels, config, cache_dir=tmp_path)
+    short_copy = [iter(features[:2])]
+    with pytest.raises(ValueError, match="copy 0 has 2 clips, not 3"):
+        train_on_features(
+            features, labels, features, labels, config, copies=short_copy, cache_dir=tmp_path
+        )
+
+
+def test_cache_appends_each_copy_after_the_originals(tmp_path):
+    originals, copy = _features([40, 50]), _features([45, 55], seed=1)
+    normalizer = fit_normalizer(originals)
+    y = np.array([0, 5], np.int32)
+    cache = build_cache(originals, y, normalizer, SMALL, tmp_path, copies=[iter(copy)])
+    assert list(cache.y) == [0, 5, 0, 5]
+    assert list(cache.lengths) == [40, 50, 45, 55]
+    wide = FeatureSettings(n_mels=32, mel_frames=cache.width, seq_frames=50)
+    np.testing.assert_array_equal(cache.mel[3], input_2d(copy[1], wide, normalizer))
 
 
 TESS = Path(__file__).resolve().parents[3] / "shared" / "data" / "tess"
