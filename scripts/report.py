@@ -235,7 +235,7 @@ def planned_runs(args: argparse.Namespace, ravdess: list, tess: list):
                 protocol, ravdess, tess, folds, seed, args.tess_every
             ):
                 for recipe in args.recipe:
-                    out = RESULTS / f"{name}--{recipe}--seed{seed}.json"
+                    out = args.results / f"{name}--{recipe}--seed{seed}.json"
                     yield out, protocol, name, clips, split, recipe, seed
 
 
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> None:
         ravdess = load_dataset(args.data / "ravdess").clips
         tess = load_dataset(args.data / "tess").clips
         source = AudioSource(ravdess + tess)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     shard, shards = (int(part) for part in args.shard.split("/"))
     plan = list(planned_runs(args, ravdess, tess))
     for number, (out, protocol, name, clips, split, recipe, seed) in enumerate(plan):
@@ -584,6 +584,9 @@ def main() -> None:
         help="training arithmetic (mixed_bfloat16: faster on CPUs with AMX/AVX512-BF16)",
     )
     run_parser.add_argument("--overwrite", action="store_true")
+    run_parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where the JSON of each run goes"
+    )
     run_parser.set_defaults(func=run)
     render_parser = sub.add_parser("render", help="rebuild the tables of docs/RESULTS.md")
     render_parser.set_defaults(func=render)
