@@ -2,7 +2,8 @@
 # The report grid on a GPU machine: Keras on JAX, features from a bank, several runs at once.
 #
 # Made for a machine that has JAX (CUDA) but neither TensorFlow nor this project's other
-# dependencies, nor the corpora. Prepare here (see docs/RESULTS.md, "GPU runs"):
+# dependencies, nor the corpora. Prepare here (docs/RESULTS.md, "Where and how the runs were
+# made"):
 #   python -m ser_worker.feature_bank build --data ../shared/data --out .bank/bank.npz \
 #       --copies 1 --tess-every 2
 #   .whl/: wheels of keras, namex, optree, librosa, soundfile, soxr, celery, pydantic-settings
@@ -13,17 +14,20 @@
 #
 #   JOBS   processes training at once on the one GPU (default 8)
 #   STOP   seconds after which no process starts another run (default 380)
-#   REPORT_ARGS  the grid (default: below)
+#   REPORT_ARGS  the grid (default: below, the published one; runs whose JSON exists are
+#                skipped, so a second call with the first call's JSONs in place fills the gaps)
 set -u
 JOBS=${JOBS:-8}
 STOP=${STOP:-380}
 REPORT_ARGS=${REPORT_ARGS:---protocol speaker-ravdess --protocol speaker-ravdess-with-tess \
---protocol random-ravdess --recipe study --recipe ours --recipe ours-cmn --seeds 0,1,2 \
---epochs 40 --overwrite}
+--protocol random-ravdess --recipe study --recipe ours --recipe ours-cmn --seeds 0,1,2,3,4 \
+--epochs 40}
 OUT=${OUT:-/tmp/gpu-grid}
 mkdir -p "$OUT" /tmp/gpu-grid-logs
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
+# An equal share of GPU memory per process: allocating on demand instead, two of eight
+# processes ran out of memory on an H200.
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax \
     PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache \
     XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $JOBS, 3))")
@@ -58,7 +62,6 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 kill "$packer"
 pack
-nvidia-smi --query-gpu=name,memory.used --format=csv
 grep -h "json:" /tmp/gpu-grid-logs/*.log | sort
 tail -n 3 /tmp/gpu-grid-logs/*.log
 exit $status

@@ -88,7 +88,7 @@ def experiments(
     tess_every > 1 trains on every n-th TESS clip of each speaker and emotion (TESS repeats the
     same 200 words for every speaker and emotion); TESS test sides always keep every clip.
     """
-    from ser_worker.datasets import random_split, speaker_folds
+    from ser_worker.datasets import random_split, speaker_folds, tess_thinned_out
 
     if protocol == "random-ravdess":
         yield "random-ravdess", ravdess, random_split(ravdess, seed=seed)
@@ -99,9 +99,8 @@ def experiments(
     elif protocol == "speaker-ravdess-with-tess":
         # The same actor folds, with the TESS speakers (never tested here) added to training.
         both = ravdess + tess
-        tess_indices = [
-            i for i in range(len(ravdess), len(both)) if i not in _thinned(both, tess_every)
-        ]
+        left_out = tess_thinned_out(both, tess_every)
+        tess_indices = [i for i in range(len(ravdess), len(both)) if i not in left_out]
         all_folds = speaker_folds(ravdess, n_folds=5, seed=seed)
         for fold in folds:
             split = all_folds[fold]
@@ -124,7 +123,7 @@ def experiments(
                 _transfer_split(
                     tess,
                     lambda c, s=train_speaker: c.speaker == s,
-                    _thinned(tess, tess_every),
+                    tess_thinned_out(tess, tess_every),
                     seed,
                     f"trained on {train_speaker}, tested on {test_speaker}",
                 ),
@@ -139,27 +138,13 @@ def experiments(
                 _transfer_split(
                     both,
                     lambda c, s=source: c.corpus == s,
-                    _thinned(both, tess_every),
+                    tess_thinned_out(both, tess_every),
                     seed,
                     f"trained on {source.upper()}, tested on all of {target.upper()}",
                 ),
             )
     else:
         raise ValueError(protocol)
-
-
-def _thinned(clips: list, tess_every: int) -> set[int]:
-    """TESS clips kept out of training: all but every n-th of each speaker and emotion."""
-    seen: dict[tuple[str, str], int] = {}
-    dropped = set()
-    for i, clip in enumerate(clips):
-        if clip.corpus != "tess":
-            continue
-        key = (clip.speaker, clip.emotion)
-        if seen.get(key, 0) % tess_every:
-            dropped.add(i)
-        seen[key] = seen.get(key, 0) + 1
-    return dropped
 
 
 def _transfer_split(

@@ -683,3 +683,21 @@ def verify_crema_d(
     ]
     missing = sorted(set(expected) - set(found))
     return ManifestReport(missing, sorted(extra), corrupted, len(found))
+
+
+def tess_thinned_out(clips: Sequence[LabelledClip], every: int) -> set[int]:
+    """Indices of the TESS clips left out when keeping every n-th of each speaker and emotion.
+
+    TESS repeats the same 200 words for every speaker and emotion, so 1 in n of them keeps the
+    variety at a fraction of the cost. Clips of other corpora are never left out.
+    """
+    seen: Counter[tuple[str | None, str]] = Counter()
+    left_out = set()
+    for i, clip in enumerate(clips):
+        if clip.corpus != "tess":
+            continue
+        key = (clip.speaker, clip.emotion)
+        if seen[key] % every:
+            left_out.add(i)
+        seen[key] += 1
+    return left_out

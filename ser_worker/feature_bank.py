@@ -165,7 +165,7 @@ def load(path: Path, data_root: Path = Path(".")) -> FeatureBank:
 
 
 def main() -> None:
-    from ser_worker.datasets import load_dataset
+    from ser_worker.datasets import load_dataset, tess_thinned_out
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(required=True)
@@ -182,7 +182,9 @@ def main() -> None:
     build_parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     ravdess = load_dataset(args.data / "ravdess").clips
-    tess = thinned(load_dataset(args.data / "tess").clips, args.tess_every)
+    tess = load_dataset(args.data / "tess").clips
+    left_out = tess_thinned_out(tess, args.tess_every)
+    tess = [clip for i, clip in enumerate(tess) if i not in left_out]
     clips = ravdess + tess
     build(
         clips,
@@ -194,18 +196,6 @@ def main() -> None:
         seed=args.seed,
     )
     print(f"{args.out}: {len(clips)} clips, {args.copies} copies, {args.out.stat().st_size} bytes")
-
-
-def thinned(clips: list[LabelledClip], every: int) -> list[LabelledClip]:
-    """Every n-th clip of each (speaker, emotion), in the original order."""
-    seen: dict[tuple[str | None, str], int] = {}
-    kept = []
-    for clip in clips:
-        key = (clip.speaker, clip.emotion)
-        if seen.get(key, 0) % every == 0:
-            kept.append(clip)
-        seen[key] = seen.get(key, 0) + 1
-    return kept
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scripts import report
-from ser_worker.datasets import LabelledClip
+from ser_worker.datasets import LabelledClip, tess_thinned_out
 from ser_worker.labels import EMOTIONS
 from ser_worker.metrics import choose_cnn2d_weight, ensemble_macro_f1, evaluate
 
@@ -24,12 +24,12 @@ def _tess(per_class: int) -> list[LabelledClip]:
 
 def test_thinning_keeps_every_nth_clip_of_each_speaker_and_emotion():
     clips = _tess(per_class=6)
-    kept = [c for i, c in enumerate(clips) if i not in report._thinned(clips, tess_every=3)]
+    kept = [c for i, c in enumerate(clips) if i not in tess_thinned_out(clips, every=3)]
     assert len(kept) == len(clips) // 3
     for speaker in ("tess:OAF", "tess:YAF"):
         for emotion in EMOTIONS:
             assert sum(c.speaker == speaker and c.emotion == emotion for c in kept) == 2
-    assert report._thinned(clips, tess_every=1) == set()
+    assert tess_thinned_out(clips, every=1) == set()
 
 
 def test_tess_transfer_trains_on_one_thinned_speaker_and_tests_on_all_of_the_other():
