@@ -105,7 +105,7 @@ class TrainResult:
     history: dict[str, dict[str, list[float]]]
     epochs_run: dict[str, int]
     best_epoch: dict[str, int]  # 1-based epoch whose weights were kept (early stopping restores)
-    seconds: float  # wall time of the whole call, feature extraction included
+    seconds: float  # wall time of the call; from train(), feature extraction included
 
 
 def extract_all(waveforms: Sequence[np.ndarray], settings: FeatureSettings) -> list[ClipFeatures]:
