@@ -184,11 +184,10 @@ class AudioSource:
         return extract_all([self.waveforms[clip.path] for clip in clips], settings)
 
     def copies(self, clips: list, settings, count: int, seed: int) -> list:
-        from ser_worker.training import augmented_copy
+        from ser_worker.training import augmented_copies
 
-        rng = np.random.default_rng(seed)
         waveforms = [self.waveforms[clip.path] for clip in clips]
-        return [augmented_copy(waveforms, settings, rng) for _ in range(count)]
+        return augmented_copies(waveforms, settings, count, seed)
 
 
 class BankSource:

@@ -15,7 +15,7 @@ from ser_worker.datasets import LabelledClip, Split
 from ser_worker.features import ClipFeatures
 from ser_worker.inference import predict_features
 from ser_worker.metrics import evaluate
-from ser_worker.training import TrainConfig, augmented_copy, extract_all, train_on_features
+from ser_worker.training import TrainConfig, augmented_copies, extract_all, train_on_features
 
 
 def evaluate_bundle(
@@ -57,12 +57,11 @@ def train_and_evaluate(
     settings = config.feature_settings
     if progress:
         progress(f"extracting features of {len(waveforms)} clips")
-    rng = np.random.default_rng(config.seed)
-    train_waveforms = [waveforms[i] for i in split.train]
-    copies = [augmented_copy(train_waveforms, settings, rng) for _ in range(config.augment_copies)]
     return train_and_evaluate_features(
         extract_all(waveforms, settings),
-        copies,
+        augmented_copies(
+            [waveforms[i] for i in split.train], settings, config.augment_copies, config.seed
+        ),
         clips,
         split,
         config,

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ser_worker.audio import load_audio
+from ser_worker.augment import augment
 from ser_worker.datasets import LabelledClip
-from ser_worker.features import ClipFeatures, FeatureSettings, per_clip_normalised
+from ser_worker.features import ClipFeatures, FeatureSettings, extract, per_clip_normalised
 
 TOP_DB = 80.0  # librosa.power_to_db's default floor below the peak
 STEPS = 255
@@ -97,13 +99,9 @@ def build(
 ) -> None:
     """Extract originals of `clips` and `copies` augmented copies of the clips in `copied`.
 
-    Copy k of clip i is drawn from a Generator seeded with (seed, k, i), so a bank does not
-    depend on which other clips it holds.
+    Copy k of clip i (its position in `clips`) is drawn from a Generator seeded with
+    (seed, k, i), so it does not depend on which other clips get copies or in what order.
     """
-    from ser_worker.audio import load_audio
-    from ser_worker.augment import augment
-    from ser_worker.features import extract
-
     raw = FeatureSettings(**{name: getattr(settings, name) for name in EXTRACTION_FIELDS})
     items: list[ClipFeatures] = []
     waveforms = {}

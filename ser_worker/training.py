@@ -220,6 +220,14 @@ def augmented_copy(
         yield extract(augmented, settings)
 
 
+def augmented_copies(
+    waveforms: Sequence[np.ndarray], settings: FeatureSettings, count: int, seed: int
+) -> list[Iterator[ClipFeatures]]:
+    """`count` lazy copies (see build_cache) drawn from one Generator, copy after copy."""
+    rng = np.random.default_rng(seed)
+    return [augmented_copy(waveforms, settings, rng) for _ in range(count)]
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -366,18 +374,13 @@ def train(
     cache_dir: Path,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Train each model in config.models on waveforms; see `train_on_features`.
-
-    The augmented copies are drawn from one Generator seeded with config.seed, copy after copy.
-    """
+    """Train each model in config.models on waveforms; see `train_on_features`."""
     started = time.perf_counter()
     _check_sides(train_waveforms, train_labels, val_waveforms, val_labels)
     settings = config.feature_settings
     if progress:
         progress(f"extracting features of {len(train_waveforms) + len(val_waveforms)} clips")
-    rng = np.random.default_rng(config.seed)
-    # Generators: each copy is computed only while build_cache writes it.
-    copies = [augmented_copy(train_waveforms, settings, rng) for _ in range(config.augment_copies)]
+    copies = augmented_copies(train_waveforms, settings, config.augment_copies, config.seed)
     return train_on_features(
         extract_all(train_waveforms, settings),
         train_labels,
@@ -393,7 +396,7 @@ def train(
 
 def _check_sides(train_x: Sequence, train_y: Sequence, val_x: Sequence, val_y: Sequence) -> None:
     if len(train_x) != len(train_y) or len(val_x) != len(val_y):
-        raise ValueError("each waveform needs exactly one label")
+        raise ValueError("each clip needs exactly one label")
     if not train_x or not val_x:
         raise ValueError("training needs at least one training and one validation clip")
 
