@@ -21,7 +21,9 @@ ratio the median of the per-run ratios of contenders measured back to back.
    (``inference.predict_probabilities``, batch = SER_BATCH_SIZE, default 16) against a per-clip
    ``model.predict`` loop; the models' analytic FLOPs per clip (benchmarks/flops.py) against a
    measured 2048x2048 float32 matrix multiply rate (the best of numpy and TensorFlow), i.e. how
-   close batched inference comes to the machine's compute floor.
+   close batched inference comes to the machine's compute floor. When the bundle has the
+   speech encoder, its vectors (``inference.embed`` on the untrimmed clips) are timed apart:
+   "both" is the CNNs and the encoder's head on vectors computed beforehand.
 3. End to end: ``ser-cli submit PATHS --wait --json --force`` through Redis + PostgreSQL + real
    prefork Celery workers, with 1 and with 2 worker processes (SER_TF_THREADS=1 each, one per
    core), against the in-process library call (load_audio + inference.predict, same batch and
@@ -257,7 +259,7 @@ def section_inference(spec: dict) -> dict:
     from ser_worker.audio import load_audio
     from ser_worker.bundle import load_bundle
     from ser_worker.features import batch_inputs, extract, input_1d, input_2d
-    from ser_worker.inference import predict_probabilities
+    from ser_worker.inference import embed, encoder_vectors, predict_probabilities
 
     batch = spec["batch"]
     t = time.perf_counter()
@@ -265,6 +267,12 @@ def section_inference(spec: dict) -> dict:
     timings["load_bundle_s"] = time.perf_counter() - t
     settings, normalizer = bundle.feature_settings, bundle.normalizer
     features = [extract(load_audio(p), settings) for p in spec["clips"]]
+    untrimmed = [load_audio(p, trim=False) for p in spec["clips"]]
+    t = time.perf_counter()
+    vectors = encoder_vectors(bundle, untrimmed[:1])
+    timings["encoder_load_s"] = time.perf_counter() - t
+    if vectors is not None:
+        vectors = embed(untrimmed)
     x1, x2 = batch_inputs(features, settings, normalizer)
     inputs = {"cnn1d": x1, "cnn2d": x2}
     models = bundle.models
@@ -285,7 +293,12 @@ def section_inference(spec: dict) -> dict:
     naive_inputs = [per_clip_inputs(f) for f in features[:naive_n]]
 
     # Consistency: the per-clip loop and the batched path give the same probabilities.
-    batched_p = predict_probabilities(bundle, features[:naive_n], batch_size=batch)
+    batched_p = predict_probabilities(
+        bundle,
+        features[:naive_n],
+        encoder_vectors=None if vectors is None else vectors[:naive_n],
+        batch_size=batch,
+    )
     for name, model in models.items():
         naive_p = np.concatenate([model.predict(x[name], verbose=0) for x in naive_inputs])
         if not np.allclose(naive_p, batched_p[name], atol=1e-4):
@@ -320,7 +333,12 @@ def section_inference(spec: dict) -> dict:
 
     def both_batched() -> float:
         t = time.perf_counter()
-        predict_probabilities(bundle, features, batch_size=batch)
+        predict_probabilities(bundle, features, encoder_vectors=vectors, batch_size=batch)
+        return n / (time.perf_counter() - t)
+
+    def encoder() -> float:
+        t = time.perf_counter()
+        embed(untrimmed)
         return n / (time.perf_counter() - t)
 
     def naive() -> dict[str, float]:
@@ -342,7 +360,9 @@ def section_inference(spec: dict) -> dict:
         *((name, lambda name=name: batched(name)) for name in models),
         ("both", both_batched),
         ("naive", naive),
+        *((("encoder", encoder),) if vectors is not None else ()),
     ]
+    runs["encoder"] = []
     for r in range(spec["repeats"]):
         for key, job in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
             runs[key].append(job())
@@ -386,6 +406,8 @@ def section_inference(spec: dict) -> dict:
         "achieved_gflop_s": both * total_flops / 1e9,
         "floor_fraction": both * total_flops / floor,
     }
+    if runs["encoder"]:
+        result["encoder_clips_s"] = median(runs["encoder"])
     return result
 
 
@@ -393,13 +415,20 @@ def section_baseline(spec: dict) -> None:
     """The in-process library call, on command: 'run' times one pass, 'quit' reports memory."""
     _import_runtime()
     from ser_worker import runtime
-    from ser_worker.audio import load_audio
+    from ser_worker.audio import load_audio, trim_silence
     from ser_worker.bundle import load_bundle
     from ser_worker.inference import predict
 
     bundle = load_bundle(Path(spec["bundle"]))
     limits = runtime.audio_limits()
-    predict(bundle, [load_audio(spec["clips"][0], limits)], batch_size=spec["batch"])
+
+    def decode_and_predict(clips: list[str]) -> None:
+        # As the worker does (ser_worker.tasks.inference): decode once, trim for the CNNs.
+        untrimmed = [load_audio(path, limits, trim=False) for path in clips]
+        waveforms = [trim_silence(y, limits) for y in untrimmed]
+        predict(bundle, waveforms, untrimmed=untrimmed, batch_size=spec["batch"])
+
+    decode_and_predict(spec["clips"][:1])
     emit({"ready": True})
     for line in sys.stdin:
         command = line.strip()
@@ -407,8 +436,7 @@ def section_baseline(spec: dict) -> None:
             # warm: one full batch and a remainder, so that the batch shapes of a run are traced.
             clips = spec["clips"] if command == "run" else spec["clips"][: spec["batch"] + 1]
             t, cpu = time.perf_counter(), time.process_time()
-            waveforms = [load_audio(path, limits) for path in clips]
-            predict(bundle, waveforms, batch_size=spec["batch"])
+            decode_and_predict(clips)
             emit({"seconds": time.perf_counter() - t, "cpu_s": time.process_time() - cpu})
         elif command == "quit":
             emit({"peak_rss_mb": proc_status()["VmHWM"]})
@@ -1136,6 +1164,12 @@ def print_table(r: dict) -> None:
                 f"{m['batched_clips_s']:.1f}",
                 f"per-clip predict {m['naive_clips_s']:.1f}: {m['speedup']:.1f}x; "
                 f"{m['gflop_per_clip']:.3f} GFLOP/clip = {m['achieved_gflop_s']:.0f} GFLOP/s",
+            )
+        if "encoder_clips_s" in i:
+            row(
+                "2 speech encoder, clips/s",
+                f"{i['encoder_clips_s']:.1f}",
+                f"vectors of the untrimmed clips; loaded in {i['cold']['encoder_load_s']:.1f} s",
             )
         mm = i["matmul_gflop_s"]
         row(

@@ -424,7 +424,7 @@ def status(settings: Settings, submission: str | None, as_json: bool) -> None:
     "models",
     type=click.Choice(store.RESULT_MODELS),
     multiple=True,
-    help="Only these models (repeatable); default all three.",
+    help="Only these models (repeatable); default all of the version's.",
 )
 @click.option(
     "--emotion",

@@ -235,13 +235,24 @@ def load_audio(
     if info.sample_rate != SAMPLE_RATE:
         y = soxr.resample(y, info.sample_rate, SAMPLE_RATE, quality="HQ")
     if trim:
-        y, _ = librosa.effects.trim(
-            y, top_db=limits.trim_top_db, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP
-        )
+        return trim_silence(y, limits)
+    _check_duration(y, limits, "")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def trim_silence(y: np.ndarray, limits: AudioLimits = AudioLimits()) -> np.ndarray:
+    """A decoded clip (load_audio(..., trim=False)) with its leading and trailing silence cut,
+    as load_audio trims; TooShortError if less than the minimum duration is left."""
+    y, _ = librosa.effects.trim(
+        y, top_db=limits.trim_top_db, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP
+    )
+    _check_duration(y, limits, " after trimming silence")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _check_duration(y: np.ndarray, limits: AudioLimits, after: str) -> None:
     duration_s = y.shape[0] / SAMPLE_RATE
     if duration_s < limits.min_duration_s:
-        after = " after trimming silence" if trim else ""
         raise TooShortError(
             f"clip is {duration_s:.2f} s{after}; the minimum is {limits.min_duration_s:g} s"
         )
-    return np.ascontiguousarray(y, dtype=np.float32)

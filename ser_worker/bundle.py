@@ -1,4 +1,7 @@
-"""A versioned model bundle: one zip with ``manifest.json`` and a ``<name>.weights.h5`` per model.
+"""A versioned model bundle: one zip with ``manifest.json``, a ``<name>.weights.h5`` per CNN and,
+optionally, ``encoder_head.npz``: the linear head read on the pretrained speech encoder's
+vectors (ser_worker.speech_encoder; the encoder's own weights come from its packages, pinned by
+hash in the manifest).
 
 Only weights are stored: architectures are rebuilt from ``ser_worker.models`` with the input
 shape recorded in the manifest, so a bundle is small, carries no optimizer state and cannot
@@ -23,16 +26,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ser_worker.labels import EMOTIONS, MODEL_NAMES
+from ser_worker.labels import EMOTIONS, ENCODER, MODEL_NAMES
 
 if TYPE_CHECKING:
     import keras
 
     from ser_worker.features import FeatureSettings, Normalizer
+    from ser_worker.speech_encoder import LinearHead
 
 FORMAT = "ser-bundle/1"
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_SUFFIX = ".weights.h5"
+ENCODER_HEAD_NAME = "encoder_head.npz"
 
 
 class BundleError(ValueError):
@@ -43,6 +48,12 @@ class BundleError(ValueError):
 class Bundle:
     manifest: dict
     models: dict[str, keras.Model]
+    encoder_head: LinearHead | None = None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """What the ensemble averages: the CNNs, and the encoder's head when there is one."""
+        return (*self.models, *((ENCODER,) if self.encoder_head is not None else ()))
 
     @property
     def version(self) -> str:
@@ -55,9 +66,9 @@ class Bundle:
     @property
     def ensemble_weights(self) -> dict[str, float]:
         """Each model's share of the ensemble, summing to 1; equal unless the manifest says."""
-        weights = self.manifest.get("ensemble_weights") or dict.fromkeys(self.models, 1.0)
-        total = sum(weights[name] for name in self.models)
-        return {name: weights[name] / total for name in self.models}
+        weights = self.manifest.get("ensemble_weights") or dict.fromkeys(self.members, 1.0)
+        total = sum(weights[name] for name in self.members)
+        return {name: weights[name] / total for name in self.members}
 
     @cached_property
     def feature_settings(self) -> FeatureSettings:
@@ -83,6 +94,7 @@ def create_bundle(
     training_data: dict | None = None,
     licences: list[str] | None = None,
     ensemble_weights: dict[str, float] | None = None,
+    encoder_head: LinearHead | None = None,
     notes: str = "",
     created_at: datetime | None = None,
 ) -> Bundle:
@@ -120,9 +132,25 @@ def create_bundle(
         "code_version": code_version(),
         "notes": notes,
     }
+    members = set(models)
+    if encoder_head is not None:
+        from ser_worker import speech_encoder
+
+        if encoder_head.labels != EMOTIONS:
+            raise BundleError(f"the encoder head's labels {encoder_head.labels} are not {EMOTIONS}")
+        manifest[ENCODER] = {
+            "name": speech_encoder.ENCODER_NAME,
+            "weights_sha256": speech_encoder.MODEL_SHA256,
+            "window_seconds": speech_encoder.WINDOW_SECONDS,
+            # The head was fitted on vectors of the decoded clip before silence trimming.
+            "trimmed": False,
+            "head": ENCODER_HEAD_NAME,
+            "head_parameters": int(encoder_head.coef.size + encoder_head.intercept.size),
+        }
+        members.add(ENCODER)
     if ensemble_weights is not None:
         # Part of the version hash: the weights change what the ensemble predicts.
-        _check_ensemble_weights(ensemble_weights, models)
+        _check_ensemble_weights(ensemble_weights, members)
         manifest["ensemble_weights"] = dict(ensemble_weights)
     for name, model in models.items():
         expected = tuple(manifest["models"][name]["input_shape"])
@@ -135,8 +163,39 @@ def create_bundle(
     for name in sorted(models):
         for array in models[name].get_weights():
             digest.update(array.tobytes())
+    if encoder_head is not None:
+        digest.update(encoder_head.to_bytes())
     manifest["version"] = make_version(created_at, digest.hexdigest())
-    return Bundle(manifest=manifest, models=dict(models))
+    return Bundle(manifest=manifest, models=dict(models), encoder_head=encoder_head)
+
+
+def with_encoder_head(
+    bundle: Bundle,
+    head: LinearHead,
+    ensemble_weights: dict[str, float],
+    *,
+    split: dict | None = None,
+    training_data: dict | None = None,
+    notes: str | None = None,
+) -> Bundle:
+    """A new version: the bundle's CNNs and training record, plus the speech encoder's head."""
+    from ser_worker.speech_encoder import LICENCE
+
+    manifest = bundle.manifest
+    licences = list(manifest["licences"])
+    return create_bundle(
+        bundle.models,
+        feature_settings=bundle.feature_settings,
+        normalizer=bundle.normalizer,
+        split=split if split is not None else manifest["split"],
+        history=manifest["history"],
+        metrics=manifest["metrics"],
+        training_data=manifest["training_data"] | (training_data or {}),
+        licences=licences + ([LICENCE] if LICENCE not in licences else []),
+        ensemble_weights=ensemble_weights,
+        encoder_head=head,
+        notes=notes if notes is not None else manifest["notes"],
+    )
 
 
 def make_version(created_at: datetime, content_hash: str) -> str:
@@ -191,6 +250,8 @@ def bundle_bytes(bundle: Bundle) -> bytes:
                 weights_path = Path(tmp) / entry["weights"]
                 bare.save_weights(weights_path)
                 archive.write(weights_path, entry["weights"])
+            if bundle.encoder_head is not None:
+                archive.writestr(ENCODER_HEAD_NAME, bundle.encoder_head.to_bytes())
     return buffer.getvalue()
 
 
@@ -250,7 +311,28 @@ def load_bundle(source: str | Path | bytes) -> Bundle:
                 except Exception as exc:  # h5py and Keras raise many unrelated types
                     raise BundleError(f"cannot load weights for {name}: {exc}") from exc
                 bundle.models[name] = model
+        if ENCODER in manifest:
+            bundle.encoder_head = _encoder_head_from(archive, manifest[ENCODER])
     return bundle
+
+
+def _encoder_head_from(archive: zipfile.ZipFile, entry: dict) -> LinearHead:
+    from ser_worker import speech_encoder
+
+    if entry.get("weights_sha256") != speech_encoder.MODEL_SHA256:
+        raise BundleError(
+            "the bundle's encoder head was fitted on other encoder weights "
+            f"({entry.get('weights_sha256')}) than this code loads ({speech_encoder.MODEL_SHA256})"
+        )
+    try:
+        head = speech_encoder.LinearHead.from_bytes(archive.read(entry["head"]))
+    except KeyError:
+        raise BundleError(f"bundle has no encoder head {entry['head']!r}") from None
+    except Exception as exc:  # zip, zlib and numpy raise many unrelated types
+        raise BundleError(f"the encoder head is corrupt: {exc}") from exc
+    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), speech_encoder.EMBEDDING_SIZE):
+        raise BundleError(f"the encoder head does not map encoder vectors to {list(EMOTIONS)}")
+    return head
 
 
 def _open_zip(source: str | Path | bytes) -> zipfile.ZipFile:
@@ -301,14 +383,19 @@ def _check_manifest(manifest: Any) -> None:
     for key in ("feature_settings", "normalizer"):
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"manifest has no {key}")
+    members = set(models)
+    if ENCODER in manifest:
+        if not isinstance(manifest[ENCODER], dict) or "head" not in manifest[ENCODER]:
+            raise BundleError("manifest entry for the encoder needs its head file")
+        members.add(ENCODER)
     if manifest.get("ensemble_weights") is not None:
-        _check_ensemble_weights(manifest["ensemble_weights"], models)
+        _check_ensemble_weights(manifest["ensemble_weights"], members)
 
 
-def _check_ensemble_weights(weights: Any, models: dict) -> None:
+def _check_ensemble_weights(weights: Any, members: set[str]) -> None:
     if not (
         isinstance(weights, dict)
-        and set(weights) == set(models)
+        and set(weights) == members
         and all(isinstance(w, int | float) and w >= 0 for w in weights.values())
         and sum(weights.values()) > 0
     ):

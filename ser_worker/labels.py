@@ -10,6 +10,9 @@ EMOTION_NAMES: dict[str, str] = {
     "SAD": "sad",
 }
 MODEL_NAMES: tuple[str, ...] = ("cnn1d", "cnn2d")
+# The pretrained speech encoder with its linear head (ser_worker.speech_encoder), when a bundle
+# has one.
+ENCODER = "encoder"
 ENSEMBLE = "ensemble"
 
 

@@ -103,6 +103,42 @@ def most_confused(
     ]
 
 
+def mixed_macro_f1(
+    y_true: Sequence[str],
+    first: np.ndarray,
+    second: np.ndarray,
+    share: float,
+    labels: Sequence[str] = EMOTIONS,
+) -> float:
+    """Macro-F1 of ``share * first + (1 - share) * second`` (probabilities, one row per clip)."""
+    return argmax_macro_f1(
+        y_true, share * np.asarray(first) + (1 - share) * np.asarray(second), labels
+    )
+
+
+def argmax_macro_f1(
+    y_true: Sequence[str], probabilities: np.ndarray, labels: Sequence[str] = EMOTIONS
+) -> float:
+    """Macro-F1 of the most probable class of each row."""
+    predicted = [labels[i] for i in np.asarray(probabilities).argmax(axis=1)]
+    return evaluate(y_true, predicted, labels)["macro_f1"]
+
+
+def choose_share(
+    y_true: Sequence[str], first: np.ndarray, second: np.ndarray, steps: int = 10
+) -> float:
+    """The share of `first` on a grid of 0..1 with the best macro-F1 on these (validation) clips.
+
+    Ties go to the share nearest 0.5, the plain average, so a validation set that cannot tell
+    the shares apart changes nothing.
+    """
+    grid = [round(i / steps, 6) for i in range(steps + 1)]
+    return max(
+        grid,
+        key=lambda w: (round(mixed_macro_f1(y_true, first, second, w), 9), -abs(w - 0.5)),
+    )
+
+
 def ensemble_macro_f1(
     y_true: Sequence[str],
     probabilities: Mapping[str, np.ndarray],
@@ -110,25 +146,16 @@ def ensemble_macro_f1(
     labels: Sequence[str] = EMOTIONS,
 ) -> float:
     """Macro-F1 of ``cnn2d_weight * p_cnn2d + (1 - cnn2d_weight) * p_cnn1d``."""
-    p = cnn2d_weight * np.asarray(probabilities["cnn2d"]) + (1 - cnn2d_weight) * np.asarray(
-        probabilities["cnn1d"]
+    return mixed_macro_f1(
+        y_true, probabilities["cnn2d"], probabilities["cnn1d"], cnn2d_weight, labels
     )
-    return evaluate(y_true, [labels[i] for i in p.argmax(axis=1)], labels)["macro_f1"]
 
 
 def choose_cnn2d_weight(
     y_true: Sequence[str], probabilities: Mapping[str, np.ndarray], steps: int = 10
 ) -> float:
-    """The cnn2d weight on a grid of 0..1 with the best macro-F1 on these (validation) clips.
-
-    Ties go to the weight nearest 0.5, the plain average, so a validation set that cannot tell
-    the weights apart changes nothing.
-    """
-    grid = [round(i / steps, 6) for i in range(steps + 1)]
-    return max(
-        grid,
-        key=lambda w: (round(ensemble_macro_f1(y_true, probabilities, w), 9), -abs(w - 0.5)),
-    )
+    """The cnn2d weight of the two-CNN ensemble chosen on these clips (see choose_share)."""
+    return choose_share(y_true, probabilities["cnn2d"], probabilities["cnn1d"], steps)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

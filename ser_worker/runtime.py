@@ -48,7 +48,8 @@ def bundle_for(session: Session, version_id: int) -> Bundle:
 
 
 def _trace(bundle: Bundle) -> None:
-    """Trace each model's predict function before the first real batch.
+    """Trace each model's predict function, and load the speech encoder, before the first real
+    batch.
 
     Keras traces it for the first batch shape it sees and, on the second (reduce_retracing),
     once more with the batch axis left open: that function serves every later size. Two tiny
@@ -62,6 +63,11 @@ def _trace(bundle: Bundle) -> None:
         shape = input_shape(name, settings)
         for size in (1, 2):
             model.predict_on_batch(np.zeros((size, *shape), dtype=np.float32))
+    if bundle.encoder_head is not None:
+        from ser_worker.inference import encoder_vectors
+
+        # The speech encoder loads once per process (~3 s: 145 MB read and hash-checked).
+        encoder_vectors(bundle, [np.zeros(settings.sample_rate, dtype=np.float32)])
 
 
 def audio_limits() -> AudioLimits:

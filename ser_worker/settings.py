@@ -47,7 +47,12 @@ class Settings(BaseSettings):
         description="Seconds before Redis hands a task whose worker vanished to another worker.",
     )
     tf_threads: int = Field(
-        0, ge=0, description="Threads TensorFlow may use per worker process (0 = its default)."
+        0,
+        ge=0,
+        description=(
+            "Threads TensorFlow and the speech encoder may use per worker process "
+            "(0 = their defaults)."
+        ),
     )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
 

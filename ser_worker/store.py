@@ -28,7 +28,7 @@ from ser_worker.db.models import (
     SubmissionItem,
     utcnow,
 )
-from ser_worker.labels import ENSEMBLE, MODEL_NAMES
+from ser_worker.labels import ENCODER, ENSEMBLE, MODEL_NAMES
 
 SHIPPED_BUNDLE = "default_bundle.zip"
 
@@ -309,7 +309,7 @@ def save_predictions(session: Session, rows: Sequence[dict[str, Any]], *, overwr
     session.execute(statement)
 
 
-RESULT_MODELS = (*MODEL_NAMES, ENSEMBLE)
+RESULT_MODELS = (*MODEL_NAMES, ENCODER, ENSEMBLE)
 
 
 def result_rows(
@@ -333,6 +333,10 @@ def result_rows(
     predictions = existing_predictions(
         session, [item.sha256 for item in items if item.sha256], submission.model_version_id or -1
     )
+    # A version without the speech encoder (trained before it, or by `ser-cli train`) predicts
+    # no "encoder" rows, not even empty ones for its failed clips.
+    if version is not None and ENCODER not in version.manifest:
+        models = [model for model in models if model != ENCODER]
     rows: list[dict[str, Any]] = []
     for item in items:
         for model in models:

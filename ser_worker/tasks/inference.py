@@ -1,4 +1,4 @@
-"""Inference: decode a batch of stored clips, run both models once per batch, store predictions."""
+"""Inference: decode a batch of stored clips, run the models once per batch, store predictions."""
 
 from typing import Any
 
@@ -37,7 +37,7 @@ def _predict_items(
     session: Session, submission: Submission, items: list[SubmissionItem]
 ) -> dict[str, int]:
     from ser_worker import runtime
-    from ser_worker.audio import SAMPLE_RATE, AudioError, load_audio
+    from ser_worker.audio import SAMPLE_RATE, AudioError, load_audio, trim_silence
     from ser_worker.bundle import BundleError
     from ser_worker.inference import predict
 
@@ -57,11 +57,14 @@ def _predict_items(
     ).all()
 
     waveforms: dict[str, Any] = {}
+    # The speech encoder reads the clip as decoded; the CNNs' features, trimmed of silence.
+    untrimmed: dict[str, Any] = {}
     errors: dict[str, tuple[str, str]] = {}
     limits = runtime.audio_limits()
     for blob in blobs:
         try:
-            waveforms[blob.sha256] = load_audio(blob.data, limits)
+            untrimmed[blob.sha256] = load_audio(blob.data, limits, trim=False)
+            waveforms[blob.sha256] = trim_silence(untrimmed[blob.sha256], limits)
         except AudioError as error:
             errors[blob.sha256] = (error.code, str(error))
         except Exception as error:  # a decoder bug on odd input must fail this clip, not the batch
@@ -80,7 +83,13 @@ def _predict_items(
     if waveforms:
         now = utcnow()
         for sha256, by_model in zip(
-            waveforms, predict(bundle, list(waveforms.values())), strict=True
+            waveforms,
+            predict(
+                bundle,
+                list(waveforms.values()),
+                untrimmed=[untrimmed[sha256] for sha256 in waveforms],
+            ),
+            strict=True,
         ):
             for model, prediction in by_model.items():
                 rows.append(

@@ -75,9 +75,10 @@ def retrain() -> dict[str, Any]:
 
 
 def _load_labelled_clips(session, run: TrainingRun):
-    """(waveforms, clips, failures) for the run's data, one entry per distinct audio content."""
+    """(trimmed waveforms, the same untrimmed, clips) for the run's data, one entry per distinct
+    audio content."""
     from ser_worker import runtime
-    from ser_worker.audio import AudioError, load_audio
+    from ser_worker.audio import AudioError, load_audio, trim_silence
     from ser_worker.datasets import LabelledClip
 
     query = select(SubmissionItem).where(
@@ -95,11 +96,13 @@ def _load_labelled_clips(session, run: TrainingRun):
         select(AudioBlob).where(AudioBlob.sha256.in_(first_item)).options(undefer(AudioBlob.data))
     ).all()
     limits = runtime.audio_limits()
-    waveforms, clips, failures = [], [], {}
+    waveforms, untrimmed, clips, failures = [], [], [], {}
     for blob in sorted(blobs, key=lambda b: first_item[b.sha256].id):
         item = first_item[blob.sha256]
         try:
-            waveforms.append(load_audio(blob.data, limits))
+            decoded = load_audio(blob.data, limits, trim=False)
+            waveforms.append(trim_silence(decoded, limits))
+            untrimmed.append(decoded)
         except AudioError as error:
             failures[blob.sha256] = (error.code, str(error))
             continue
@@ -109,7 +112,7 @@ def _load_labelled_clips(session, run: TrainingRun):
             item.status = "failed" if item.sha256 in failures else "done"
             item.error_code, item.error = failures.get(item.sha256, (None, None))
             item.processed_at = utcnow()
-    return waveforms, clips
+    return waveforms, untrimmed, clips
 
 
 def _execute(run_id: int) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def _execute(run_id: int) -> dict[str, Any]:
     with session_scope() as session:
         run = session.get(TrainingRun, run_id)
         params = dict(run.params)
-        waveforms, clips = _load_labelled_clips(session, run)
+        waveforms, untrimmed, clips = _load_labelled_clips(session, run)
         if run.data_cutoff is None:
             run.data_cutoff = session.scalar(
                 select(func.max(SubmissionItem.id)).where(
@@ -148,8 +151,8 @@ def _execute(run_id: int) -> dict[str, Any]:
             cache_dir=Path(cache_dir),
             progress=lambda message: log.info("run %s: %s", run_id, message),
             training_data={"source": "store", "training_run": run_id},
+            untrimmed=untrimmed,
         )
-    test_waveforms = [waveforms[i] for i in split.test]
     test_labels = [clips[i].emotion for i in split.test]
 
     with session_scope() as session:
@@ -163,7 +166,10 @@ def _execute(run_id: int) -> dict[str, Any]:
         baseline = None
         if active is not None and len(bundle.models) == 2:
             baseline = evaluate_bundle(
-                runtime.bundle_for(session, active.id), test_waveforms, test_labels
+                runtime.bundle_for(session, active.id),
+                [waveforms[i] for i in split.test],
+                test_labels,
+                untrimmed=[untrimmed[i] for i in split.test],
             )
         promote = _should_promote(params.get("promote", "auto"), metrics, baseline)
         version = store.register_version(

@@ -165,22 +165,33 @@ def test_bundle(tmp_path_factory) -> bytes:
 
     Enough to exercise the service end to end; its accuracy means nothing.
     """
-    from ser_worker.audio import load_audio
+    return _fixture_bundle(tmp_path_factory, with_encoder=False)
+
+
+@pytest.fixture(scope="session")
+def encoder_bundle(tmp_path_factory) -> bytes:
+    """`test_bundle` with the speech encoder's head as well, as the shipped bundle has."""
+    return _fixture_bundle(tmp_path_factory, with_encoder=True)
+
+
+def _fixture_bundle(tmp_path_factory, *, with_encoder: bool) -> bytes:
+    from ser_worker.audio import load_audio, trim_silence
     from ser_worker.bundle import bundle_bytes
     from ser_worker.datasets import Split, load_dataset
     from ser_worker.experiment import train_and_evaluate
     from ser_worker.training import TrainConfig
 
     dataset = load_dataset(TEST_DATA)
-    waveforms = [load_audio(clip.path) for clip in dataset.clips]
+    untrimmed = [load_audio(clip.path, trim=False) for clip in dataset.clips]
     everything = tuple(range(len(dataset.clips)))
     split = Split(everything, everything, everything, "fixture", "all 12 clips on every side")
     bundle, _ = train_and_evaluate(
-        waveforms,
+        [trim_silence(y) for y in untrimmed],
         dataset.clips,
         split,
         TrainConfig(epochs=1, augment_copies=0),
         cache_dir=tmp_path_factory.mktemp("bundle-cache"),
+        untrimmed=untrimmed if with_encoder else None,
     )
     return bundle_bytes(bundle)
 

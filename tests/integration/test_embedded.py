@@ -30,10 +30,10 @@ def test_submit_wait_works_with_nothing_configured(tmp_path):
         ((source, active),) = connection.execute("SELECT source, active FROM model_versions")
         predictions = connection.execute("SELECT count(*) FROM predictions").fetchone()[0]
     assert (source, active) == ("shipped", 1)
-    assert predictions == 36
+    assert predictions == 48
 
     rows = json.loads(run_cli(env, "results", "--format", "json").stdout)
-    assert {row["model"] for row in rows} == {"cnn1d", "cnn2d", "ensemble"}
+    assert {row["model"] for row in rows} == {"cnn1d", "cnn2d", "encoder", "ensemble"}
     assert all(row["emotion"] in EMOTIONS for row in rows)
 
 

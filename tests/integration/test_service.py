@@ -23,16 +23,18 @@ def _json(result: subprocess.CompletedProcess):
     return json.loads(result.stdout)
 
 
-def test_submit_wait_stores_every_prediction(service_env, start_worker, database_url, test_bundle):
-    version = register_bundle(database_url, test_bundle)
+def test_submit_wait_stores_every_prediction(
+    service_env, start_worker, database_url, encoder_bundle
+):
+    version = register_bundle(database_url, encoder_bundle)
     worker = start_worker("inference", concurrency=2)
 
     summary = _json(run_cli(service_env, "submit", str(TEST_DATA), "--wait", "--json"))
 
     assert summary["status"] == {"done": 12}
-    assert set(summary["metrics"]) == {"cnn1d", "cnn2d", "ensemble"}
+    assert set(summary["metrics"]) == {"cnn1d", "cnn2d", "encoder", "ensemble"}
     rows = _json(run_cli(service_env, "results", summary["submission"], "--format", "json"))
-    assert len(rows) == 12 * 3
+    assert len(rows) == 12 * 4
     for row in rows:
         assert row["status"] == "done" and row["error"] is None
         assert row["model_version"] == version
@@ -42,7 +44,7 @@ def test_submit_wait_stores_every_prediction(service_env, start_worker, database
         assert row["confidence"] == pytest.approx(max(row["probabilities"].values()), abs=1e-6)
         assert row["true_emotion"] in EMOTIONS  # the committed clips carry RAVDESS/TESS names
     with session_scope(database_url) as session:
-        assert session.scalar(select(func.count()).select_from(Prediction)) == 36
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 48
     assert worker.tasks_succeeded("ser.infer") >= 1
 
     status = _json(run_cli(service_env, "status", summary["submission"], "--json"))
@@ -138,7 +140,9 @@ def test_training_job_registers_and_promotes_a_version(
         assert run.status == "succeeded" and run.promoted
         version = session.get(ModelVersion, run.model_version_id)
         assert version.active and version.source == "trained"
-        assert set(version.manifest["metrics"]) == {"cnn1d", "cnn2d", "ensemble"}
+        # The training side holds every class, so the version gets the encoder's head too.
+        assert set(version.manifest["metrics"]) == {"cnn1d", "cnn2d", "encoder", "ensemble"}
+        assert version.manifest["encoder"]["head"] == "encoder_head.npz"
         assert version.manifest["split"]["protocol"] == "random"
         assert run.data_cutoff == session.scalar(select(func.max(SubmissionItem.id)))
     listing = _json(run_cli(service_env, "models", "--json"))

@@ -246,3 +246,66 @@ def test_save_is_atomic_and_overwrites(bundle, tmp_path):
     save_bundle(bundle, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["b.zip"]
     assert read_manifest(path)["version"] == bundle.version
+
+
+def small_head(seed: int = 0):
+    from ser_worker.speech_encoder import EMBEDDING_SIZE, LinearHead
+
+    rng = np.random.default_rng(seed)
+    return LinearHead(
+        EMOTIONS,
+        rng.normal(size=EMBEDDING_SIZE).astype(np.float32),
+        np.abs(rng.normal(size=EMBEDDING_SIZE)).astype(np.float32) + 0.5,
+        rng.normal(size=(len(EMOTIONS), EMBEDDING_SIZE)).astype(np.float32),
+        rng.normal(size=len(EMOTIONS)).astype(np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder_bundle(bundle) -> Bundle:
+    return create_bundle(
+        bundle.models,
+        feature_settings=bundle.feature_settings,
+        normalizer=bundle.normalizer,
+        encoder_head=small_head(),
+        ensemble_weights={"cnn1d": 0.2, "cnn2d": 0.3, "encoder": 0.5},
+        created_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+
+
+def test_encoder_head_round_trips_and_joins_the_ensemble(bundle, encoder_bundle, clips):
+    from ser_worker.speech_encoder import MODEL_SHA256
+
+    assert encoder_bundle.members == ("cnn1d", "cnn2d", "encoder")
+    assert encoder_bundle.manifest["encoder"]["weights_sha256"] == MODEL_SHA256
+    assert encoder_bundle.version != bundle.version
+    loaded = load_bundle(bundle_bytes(encoder_bundle))
+    assert loaded.manifest == encoder_bundle.manifest
+    assert loaded.ensemble_weights == {"cnn1d": 0.2, "cnn2d": 0.3, "encoder": 0.5}
+    for field in ("mean", "scale", "coef", "intercept"):
+        np.testing.assert_array_equal(
+            getattr(loaded.encoder_head, field), getattr(encoder_bundle.encoder_head, field)
+        )
+    features = extract_all(clips[:2], bundle.feature_settings)
+    vectors = np.random.default_rng(1).normal(size=(2, 1024)).astype(np.float32)
+    outputs = predict_probabilities(loaded, features, encoder_vectors=vectors)
+    np.testing.assert_array_equal(
+        outputs["encoder"], encoder_bundle.encoder_head.probabilities(vectors)
+    )
+    with pytest.raises(ValueError, match="encoder vector"):
+        predict_probabilities(loaded, features)
+
+
+def test_encoder_bundle_checks_its_weights_and_head(encoder_bundle, tmp_path):
+    path = save_bundle(encoder_bundle, tmp_path / "encoder.zip")
+    with pytest.raises(BundleError, match="ensemble_weights"):
+        read_manifest(_rewrite(path, manifest_patch={"ensemble_weights": {"cnn1d": 1, "cnn2d": 1}}))
+    other_weights = {**encoder_bundle.manifest["encoder"], "weights_sha256": "0" * 64}
+    with pytest.raises(BundleError, match="other encoder weights"):
+        load_bundle(_rewrite(path, manifest_patch={"encoder": other_weights}))
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as old, zipfile.ZipFile(out, "w") as new:
+        for name in old.namelist():
+            new.writestr(name, b"not an npz" if name == "encoder_head.npz" else old.read(name))
+    with pytest.raises(BundleError, match="encoder head is corrupt"):
+        load_bundle(out.getvalue())

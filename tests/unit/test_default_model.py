@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 
 from cli.main import _score
-from scripts.train_default_model import cross_validated_weights, expected_metrics, fold_runs
+from scripts.train_default_model import (
+    cross_validated_weights,
+    encoder_fold_runs,
+    expected_metrics,
+    fold_runs,
+    with_encoder_share,
+)
+from ser_worker.labels import EMOTIONS
 
 from .test_report import _result, _side
+
+ESTIMATE = "speaker-ravdess-with-tess"
 
 
 def test_fold_runs_are_the_speaker_folds_of_the_recipe(tmp_path):
@@ -68,6 +77,46 @@ def test_weights_come_from_validation_and_the_estimate_uses_them():
     assert estimate["ensemble"]["macro_f1"] == 1.0
     assert estimate["cnn2d"]["runs"] == 3
     assert cross_validated_weights([no_outputs]) is None
+
+
+def test_the_encoder_takes_its_validation_share_and_the_estimate_pairs_its_runs(tmp_path):
+    cnn_test = _side(right_1d=False, right_2d=False)  # both CNNs sure of NEU
+    runs = []
+    for fold in (0, 1, 2):
+        run = _result(f"speaker-ravdess-with-tess-fold{fold}", ESTIMATE, "ours", right=12)
+        run["probabilities"] = {"val": cnn_test, "test": cnn_test}
+        runs.append(run)
+    right = (0.7 * np.eye(6) + 0.05).tolist()
+    encoder_rows = [
+        {
+            "experiment": f"speaker-ravdess-with-tess-fold{fold}",
+            "protocol": ESTIMATE,
+            "seed": 0,
+            "encoder": {"accuracy": 1.0, "macro_f1": 1.0},
+            "encoder_share": share,
+            "probabilities": {"test": {"labels": list(EMOTIONS), "encoder": right}},
+        }
+        # fold 2 has no encoder run: the ensemble estimate leaves it out
+        for fold, share in ((0, 0.5), (1, 0.7))
+    ]
+    encoder_rows.append({**encoder_rows[0], "protocol": "speaker-ravdess"})
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(encoder_rows))
+    encoder_runs = encoder_fold_runs(path)
+    assert sorted(encoder_runs) == [
+        "speaker-ravdess-with-tess-fold0--seed0",
+        "speaker-ravdess-with-tess-fold1--seed0",
+    ]
+    weights = with_encoder_share({"cnn1d": 0.4, "cnn2d": 0.6}, encoder_runs)
+    assert weights == {"encoder": 0.6, "cnn1d": 0.16, "cnn2d": 0.24}
+    assert with_encoder_share({"cnn1d": 0.4, "cnn2d": 0.6}, {}) == {"cnn1d": 0.4, "cnn2d": 0.6}
+    estimate = expected_metrics(runs, weights, encoder_runs)
+    assert estimate["encoder"]["macro_f1"] == 1.0 and estimate["encoder"]["runs"] == 2
+    # 0.6 x 0.75 for the right class beats 0.16 x 0.62 + 0.24 x 0.82 + 0.6 x 0.05 for NEU.
+    assert estimate["ensemble"]["macro_f1"] == 1.0
+    assert estimate["ensemble"]["runs"] == 2
+    assert estimate["ensemble"]["weights"] == weights
+    assert encoder_fold_runs(tmp_path / "missing.json") == {}
 
 
 def test_models_listing_says_whether_a_score_was_measured_or_is_expected():

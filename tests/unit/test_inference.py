@@ -129,3 +129,53 @@ def test_single_model_bundle_ensemble_is_that_model(bundle, clips):
     for clip in predict(only_2d, clips[:4]):
         assert set(clip) == {"cnn2d", "ensemble"}
         assert clip["ensemble"] == clip["cnn2d"]
+
+
+def test_encoder_head_reads_the_untrimmed_clips_and_joins_the_ensemble(bundle):
+    from ser_worker.speech_encoder import LinearHead, load_encoder
+
+    paths = sorted(DATA.rglob("*.flac"))[:4]
+    untrimmed = [load_audio(p, trim=False) for p in paths]
+    trimmed = [load_audio(p) for p in paths]
+    vectors = load_encoder().embed(untrimmed)
+    # Random weights on standardised vectors: outputs that differ from clip to clip.
+    rng = np.random.default_rng(0)
+    head = LinearHead(
+        EMOTIONS,
+        vectors.mean(axis=0),
+        vectors.std(axis=0) + 1e-3,
+        rng.normal(size=(len(EMOTIONS), vectors.shape[1])).astype(np.float32) * 0.1,
+        np.zeros(len(EMOTIONS), np.float32),
+    )
+    with_encoder = create_bundle(
+        bundle.models,
+        feature_settings=bundle.feature_settings,
+        normalizer=bundle.normalizer,
+        encoder_head=head,
+        ensemble_weights={"cnn1d": 0.25, "cnn2d": 0.25, "encoder": 0.5},
+    )
+    results = predict(with_encoder, trimmed, untrimmed=untrimmed)
+    expected = head.probabilities(vectors)
+    for clip, encoder_p in zip(results, expected, strict=True):
+        assert set(clip) == {"cnn1d", "cnn2d", "encoder", "ensemble"}
+        np.testing.assert_allclose(
+            [clip["encoder"].probabilities[c] for c in EMOTIONS], encoder_p, rtol=1e-5
+        )
+        mixed = [
+            0.25 * clip["cnn1d"].probabilities[c]
+            + 0.25 * clip["cnn2d"].probabilities[c]
+            + 0.5 * clip["encoder"].probabilities[c]
+            for c in EMOTIONS
+        ]
+        np.testing.assert_allclose(
+            [clip["ensemble"].probabilities[c] for c in EMOTIONS], mixed, rtol=1e-5
+        )
+    # Trimmed clips give other encoder vectors: the head sees what the caller hands it.
+    on_trimmed = predict(with_encoder, trimmed)
+    assert any(
+        not np.allclose(
+            [a["encoder"].probabilities[c] for c in EMOTIONS],
+            [b["encoder"].probabilities[c] for c in EMOTIONS],
+        )
+        for a, b in zip(results, on_trimmed, strict=True)
+    )
