@@ -177,7 +177,7 @@ def encoder_table(rows: list[dict]) -> str:
         *paired_lines(rows),
         "",
         "Most-confused pairs of the encoder alone, summed over "
-        "each protocol's runs (true → predicted, share of the true class):",
+        "each protocol's runs, by count (true → predicted, share of the true class):",
         "",
     ]
     for protocol in PROTOCOLS:
