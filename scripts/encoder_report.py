@@ -1,7 +1,7 @@
 """The pretrained speech encoder (ser_worker.speech_encoder) under the report's protocols, alone
 and mixed with the CNN runs of docs/results on the same splits.
 
-    python scripts/encoder_report.py embed --out .bank/encoder.npz   # every clip, ~6 min on 2 cores
+    python scripts/encoder_report.py embed --out .bank/encoder.npz  # every clip: 3.5 min, 2 cores
     python scripts/encoder_report.py run --embeddings .bank/encoder.npz
 
 `run` fits a linear head per split (seconds each, so every protocol runs with every seed on a
@@ -50,16 +50,15 @@ def corpora(data: Path) -> tuple[list, list]:
 
 def embed(args: argparse.Namespace) -> None:
     from ser_worker.audio import load_audio
-    from ser_worker.speech_encoder import load_encoder
+    from ser_worker.inference import embed as embed_clips
 
     clips = [clip for corpus in corpora(args.data) for clip in corpus]
-    encoder = load_encoder()
     started = time.perf_counter()
     rows = []
     for start in range(0, len(clips), 32):
         batch = clips[start : start + 32]
         waveforms = [load_audio(clip.path, trim=args.trim) for clip in batch]
-        rows.append(encoder.embed(waveforms))
+        rows.append(embed_clips(waveforms))
         log.info(
             "%d/%d clips, %.3f s per clip",
             start + len(waveforms),

@@ -227,6 +227,11 @@ def main() -> None:
     split = every_clip(clips, args.monitor_every)
     folds = fold_runs(args.results)
     encoder_runs = encoder_fold_runs(args.results / "encoder" / "runs.json")
+    if folds and not encoder_runs:
+        parser.error(
+            f"no encoder runs of {ESTIMATE_PROTOCOL} under {args.results / 'encoder'}: "
+            "run scripts/encoder_report.py first (README, 'The default model')"
+        )
     cnn_weights = cross_validated_weights(folds)
     weights = with_encoder_share(cnn_weights, encoder_runs)
     log.info("ensemble weights from %d + %d runs: %s", len(folds), len(encoder_runs), weights)

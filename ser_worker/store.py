@@ -333,8 +333,8 @@ def result_rows(
     predictions = existing_predictions(
         session, [item.sha256 for item in items if item.sha256], submission.model_version_id or -1
     )
-    # A version without the speech encoder (trained before it, or by `ser-cli train`) predicts
-    # no "encoder" rows, not even empty ones for its failed clips.
+    # A version without the speech encoder (made before it, or trained on clips lacking a class)
+    # predicts no "encoder" rows, not even empty ones for its failed clips.
     if version is not None and ENCODER not in version.manifest:
         models = [model for model in models if model != ENCODER]
     rows: list[dict[str, Any]] = []
