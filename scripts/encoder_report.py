@@ -1,9 +1,13 @@
 """The pretrained speech encoder (ser_worker.speech_encoder) under the report's protocols, alone
 and mixed with the CNN runs of docs/results on the same splits.
 
-    python scripts/encoder_report.py embed --out .bank/encoder.npz  # every clip: 3.5 min, 2 cores
+    python scripts/encoder_report.py embed --out .bank/encoder.npz  # every clip: 5 min, 2 cores
     python scripts/encoder_report.py run --embeddings .bank/encoder.npz
+    python scripts/encoder_report.py embed --layers 2,3,4,5,6 --out .bank/blocks.npz  # 12 min
+    python scripts/encoder_report.py layers --embeddings .bank/blocks.npz
 
+`layers` compares which encoder blocks to pool (speech_encoder.LAYERS), by the validation
+actors of speaker-ravdess-with-tess; test figures are printed beside them, not used to choose.
 `run` fits a linear head per split (seconds each, so every protocol runs with every seed on a
 CPU), writes docs/results/encoder/runs.json and fills the encoder section of docs/RESULTS.md.
 Splits come from scripts/report.py's `experiments`, so each run pairs with the CNN run of the
@@ -18,6 +22,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.report import RESULTS, _cell, _replace_between, experiments  # noqa: E402
 from ser_worker.labels import EMOTIONS  # noqa: E402
+from ser_worker.speech_encoder import LAYERS, check_layers, embedding_size  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "encoder" / "runs.json"
@@ -52,13 +58,15 @@ def embed(args: argparse.Namespace) -> None:
     from ser_worker.audio import load_audio
     from ser_worker.inference import embed as embed_clips
 
+    layers = check_layers(args.layers or LAYERS)
+
     clips = [clip for corpus in corpora(args.data) for clip in corpus]
     started = time.perf_counter()
     rows = []
     for start in range(0, len(clips), 32):
         batch = clips[start : start + 32]
         waveforms = [load_audio(clip.path, trim=args.trim) for clip in batch]
-        rows.append(embed_clips(waveforms))
+        rows.append(embed_clips(waveforms, layers))
         log.info(
             "%d/%d clips, %.3f s per clip",
             start + len(waveforms),
@@ -67,8 +75,71 @@ def embed(args: argparse.Namespace) -> None:
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
-        args.out, embeddings=np.concatenate(rows), paths=np.array([str(c.path) for c in clips])
+        args.out,
+        embeddings=np.concatenate(rows),
+        paths=np.array([str(c.path) for c in clips]),
+        layers=np.array(layers),
     )
+
+
+def stored_vectors(path: Path) -> tuple[np.ndarray, dict[str, int], tuple[int, ...]]:
+    """(vectors, row of each clip path, the blocks they pool) of an `embed` output."""
+    stored = np.load(path, allow_pickle=False)
+    if "layers" not in stored:
+        raise SystemExit(f"{path} does not say which encoder blocks it pools: embed again")
+    layers = tuple(int(k) for k in stored["layers"])
+    return stored["embeddings"], {p: i for i, p in enumerate(stored["paths"])}, layers
+
+
+def block_columns(embedded: Sequence[int], chosen: Sequence[int]) -> np.ndarray:
+    """The columns of vectors pooling the blocks `embedded` that hold the blocks `chosen`: a
+    vector pooling only `chosen`, as the service's encoder lays it out (one block after the
+    other, shallowest first)."""
+    size = embedding_size((chosen[0],))
+    return np.concatenate([np.arange(size) + list(embedded).index(k) * size for k in chosen])
+
+
+LAYER_CANDIDATES = (
+    (2,),
+    (3,),
+    (4,),
+    (5,),
+    (6,),
+    (3, 5),
+    (3, 6),
+    (5, 6),
+    (3, 4, 5),
+    (2, 3, 4, 5, 6),
+)
+LAYER_PROTOCOL = "speaker-ravdess-with-tess"
+
+
+def compare_layers(args: argparse.Namespace) -> None:
+    """Each candidate set of blocks, its head fitted per run of LAYER_PROTOCOL (5 folds x 5
+    seeds), scored on the validation and the test actors."""
+    ravdess, tess = corpora(args.data)
+    vectors, row_of, embedded = stored_vectors(args.embeddings)
+    print(
+        "| blocks pooled | validation macro-F1 | test macro-F1 | encoder + CNNs | blocks run |\n"
+        "|---|---|---|---|---|"
+    )
+    for candidate in LAYER_CANDIDATES:
+        if not set(candidate) <= set(embedded):
+            continue
+        columns = block_columns(embedded, candidate)
+        rows = []
+        for seed in PROTOCOLS[LAYER_PROTOCOL]:
+            for name, clips, split in experiments(LAYER_PROTOCOL, ravdess, tess, range(5), seed, 2):
+                chosen = vectors[[row_of[str(clip.path)] for clip in clips]][:, columns]
+                rows.append(one_run(LAYER_PROTOCOL, name, seed, clips, split, chosen))
+        print(
+            f"| {', '.join(map(str, candidate))} "
+            f"| {_cell([r['encoder_validation_macro_f1'] for r in rows])} "
+            f"| {_cell([r['encoder']['macro_f1'] for r in rows])} "
+            f"| {_cell([r['encoder_with_cnns'] for r in rows if 'encoder_with_cnns' in r])} "
+            f"| {sum(candidate)} |",
+            flush=True,
+        )
 
 
 def cnn_run(name: str, recipe: str, seed: int) -> dict | None:
@@ -125,13 +196,14 @@ def one_run(protocol: str, name: str, seed: int, clips: list, split, vectors: np
 
 def run(args: argparse.Namespace) -> None:
     ravdess, tess = corpora(args.data)
-    stored = np.load(args.embeddings, allow_pickle=False)
-    row_of = {path: i for i, path in enumerate(stored["paths"])}
+    vectors_of_all, row_of, embedded = stored_vectors(args.embeddings)
+    if embedded != LAYERS:
+        raise SystemExit(f"{args.embeddings} pools blocks {embedded}, not the service's {LAYERS}")
     rows = []
     for protocol, seeds in PROTOCOLS.items():
         for seed in seeds:
             for name, clips, split in experiments(protocol, ravdess, tess, range(5), seed, 2):
-                vectors = stored["embeddings"][[row_of[str(clip.path)] for clip in clips]]
+                vectors = vectors_of_all[[row_of[str(clip.path)] for clip in clips]]
                 rows.append(one_run(protocol, name, seed, clips, split, vectors))
                 log.info(
                     "%s seed %d: %s",
@@ -222,11 +294,20 @@ def main() -> None:
         default=False,
         help="trim leading and trailing silence first, as the CNNs' features do",
     )
+    embed_parser.add_argument(
+        "--layers",
+        type=lambda text: tuple(int(k) for k in text.split(",")),
+        default=None,
+        help="encoder blocks to pool, e.g. 2,3,4,5,6 (default: the service's)",
+    )
     embed_parser.set_defaults(func=embed)
+    layers_parser = sub.add_parser("layers", help="compare which encoder blocks to pool")
+    layers_parser.add_argument("--embeddings", type=Path, required=True)
+    layers_parser.set_defaults(func=compare_layers)
     run_parser = sub.add_parser("run", help="fit a head per split; fill the report section")
     run_parser.add_argument("--embeddings", type=Path, required=True)
     run_parser.set_defaults(func=run)
-    for each in (embed_parser, run_parser):
+    for each in (embed_parser, run_parser, layers_parser):
         each.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -255,8 +255,8 @@ def main() -> None:
         split=split.to_dict(),
         training_data={
             "encoder": (
-                f"{speech_encoder.ENCODER_NAME}; linear head (C=0.1, balanced classes) on "
-                f"all {len(clips)} clips, untrimmed"
+                f"{speech_encoder.ENCODER_NAME}, blocks {list(speech_encoder.LAYERS)} pooled; "
+                f"linear head (C=0.1, balanced classes) on all {len(clips)} clips, untrimmed"
             ),
             "unseen_speaker_estimate": (
                 f"docs/RESULTS.md, {ESTIMATE_PROTOCOL}, recipe ours and the encoder's runs"

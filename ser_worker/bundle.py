@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -54,6 +55,12 @@ class Bundle:
     def members(self) -> tuple[str, ...]:
         """What the ensemble averages: the CNNs, and the encoder's head when there is one."""
         return (*self.models, *((ENCODER,) if self.encoder_head is not None else ()))
+
+    @property
+    def encoder_layers(self) -> tuple[int, ...]:
+        """The encoder blocks whose pooled outputs the head reads (see speech_encoder.LAYERS);
+        bundles written before they were recorded read the last block alone."""
+        return tuple(self.manifest.get(ENCODER, {}).get("layers", (6,)))
 
     @property
     def version(self) -> str:
@@ -95,6 +102,7 @@ def create_bundle(
     licences: list[str] | None = None,
     ensemble_weights: dict[str, float] | None = None,
     encoder_head: LinearHead | None = None,
+    encoder_layers: Sequence[int] | None = None,
     notes: str = "",
     created_at: datetime | None = None,
 ) -> Bundle:
@@ -136,11 +144,12 @@ def create_bundle(
     if encoder_head is not None:
         from ser_worker import speech_encoder
 
-        if encoder_head.labels != EMOTIONS:
-            raise BundleError(f"the encoder head's labels {encoder_head.labels} are not {EMOTIONS}")
+        layers = speech_encoder.check_layers(encoder_layers or speech_encoder.LAYERS)
+        _check_encoder_head(encoder_head, layers)
         manifest[ENCODER] = {
             "name": speech_encoder.ENCODER_NAME,
             "weights_sha256": speech_encoder.MODEL_SHA256,
+            "layers": list(layers),
             "window_seconds": speech_encoder.WINDOW_SECONDS,
             # The head was fitted on vectors of the decoded clip before silence trimming.
             "trimmed": False,
@@ -174,6 +183,7 @@ def with_encoder_head(
     head: LinearHead,
     ensemble_weights: dict[str, float],
     *,
+    encoder_layers: Sequence[int] | None = None,
     split: dict | None = None,
     training_data: dict | None = None,
     notes: str | None = None,
@@ -194,6 +204,7 @@ def with_encoder_head(
         licences=licences + ([LICENCE] if LICENCE not in licences else []),
         ensemble_weights=ensemble_weights,
         encoder_head=head,
+        encoder_layers=encoder_layers,
         notes=notes if notes is not None else manifest["notes"],
     )
 
@@ -330,9 +341,22 @@ def _encoder_head_from(archive: zipfile.ZipFile, entry: dict) -> LinearHead:
         raise BundleError(f"bundle has no encoder head {entry['head']!r}") from None
     except Exception as exc:  # zip, zlib and numpy raise many unrelated types
         raise BundleError(f"the encoder head is corrupt: {exc}") from exc
-    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), speech_encoder.EMBEDDING_SIZE):
-        raise BundleError(f"the encoder head does not map encoder vectors to {list(EMOTIONS)}")
+    try:
+        layers = speech_encoder.check_layers(entry.get("layers", (6,)))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"the bundle's encoder layers are not usable: {exc}") from exc
+    _check_encoder_head(head, layers)
     return head
+
+
+def _check_encoder_head(head: LinearHead, layers: tuple[int, ...]) -> None:
+    from ser_worker.speech_encoder import embedding_size
+
+    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), embedding_size(layers)):
+        raise BundleError(
+            f"the encoder head does not map vectors of encoder layers {list(layers)} "
+            f"to {list(EMOTIONS)}"
+        )
 
 
 def _open_zip(source: str | Path | bytes) -> zipfile.ZipFile:

@@ -69,15 +69,17 @@ def encoder_vectors(bundle: Bundle, waveforms: Sequence[np.ndarray]) -> np.ndarr
     """The speech encoder's vectors of the clips, if the bundle has a head to read them."""
     if bundle.encoder_head is None:
         return None
-    return embed(waveforms)
+    return embed(waveforms, bundle.encoder_layers)
 
 
-def embed(waveforms: Sequence[np.ndarray]) -> np.ndarray:
-    """The speech encoder's vectors, from this process's encoder (loaded on first use)."""
+def embed(waveforms: Sequence[np.ndarray], layers: Sequence[int] | None = None) -> np.ndarray:
+    """The speech encoder's vectors (pooling `layers`, by default speech_encoder.LAYERS), from
+    this process's encoder (loaded on first use)."""
     from ser_worker.settings import get_settings
-    from ser_worker.speech_encoder import load_encoder
+    from ser_worker.speech_encoder import LAYERS, load_encoder
 
-    return load_encoder(get_settings().tf_threads).embed(waveforms)
+    encoder = load_encoder(tuple(layers or LAYERS), get_settings().tf_threads)
+    return encoder.embed(waveforms)
 
 
 def predict_features(

@@ -248,15 +248,16 @@ def test_save_is_atomic_and_overwrites(bundle, tmp_path):
     assert read_manifest(path)["version"] == bundle.version
 
 
-def small_head(seed: int = 0):
-    from ser_worker.speech_encoder import EMBEDDING_SIZE, LinearHead
+def small_head(seed: int = 0, layers: tuple[int, ...] | None = None):
+    from ser_worker.speech_encoder import LAYERS, LinearHead, embedding_size
 
+    size = embedding_size(layers or LAYERS)
     rng = np.random.default_rng(seed)
     return LinearHead(
         EMOTIONS,
-        rng.normal(size=EMBEDDING_SIZE).astype(np.float32),
-        np.abs(rng.normal(size=EMBEDDING_SIZE)).astype(np.float32) + 0.5,
-        rng.normal(size=(len(EMOTIONS), EMBEDDING_SIZE)).astype(np.float32),
+        rng.normal(size=size).astype(np.float32),
+        np.abs(rng.normal(size=size)).astype(np.float32) + 0.5,
+        rng.normal(size=(len(EMOTIONS), size)).astype(np.float32),
         rng.normal(size=len(EMOTIONS)).astype(np.float32),
     )
 
@@ -274,10 +275,11 @@ def encoder_bundle(bundle) -> Bundle:
 
 
 def test_encoder_head_round_trips_and_joins_the_ensemble(bundle, encoder_bundle, clips):
-    from ser_worker.speech_encoder import MODEL_SHA256
+    from ser_worker.speech_encoder import LAYERS, MODEL_SHA256, embedding_size
 
     assert encoder_bundle.members == ("cnn1d", "cnn2d", "encoder")
     assert encoder_bundle.manifest["encoder"]["weights_sha256"] == MODEL_SHA256
+    assert encoder_bundle.encoder_layers == LAYERS
     assert encoder_bundle.version != bundle.version
     loaded = load_bundle(bundle_bytes(encoder_bundle))
     assert loaded.manifest == encoder_bundle.manifest
@@ -287,7 +289,7 @@ def test_encoder_head_round_trips_and_joins_the_ensemble(bundle, encoder_bundle,
             getattr(loaded.encoder_head, field), getattr(encoder_bundle.encoder_head, field)
         )
     features = extract_all(clips[:2], bundle.feature_settings)
-    vectors = np.random.default_rng(1).normal(size=(2, 1024)).astype(np.float32)
+    vectors = np.random.default_rng(1).normal(size=(2, embedding_size())).astype(np.float32)
     outputs = predict_probabilities(loaded, features, encoder_vectors=vectors)
     np.testing.assert_array_equal(
         outputs["encoder"], encoder_bundle.encoder_head.probabilities(vectors)
@@ -309,3 +311,32 @@ def test_encoder_bundle_checks_its_weights_and_head(encoder_bundle, tmp_path):
             new.writestr(name, b"not an npz" if name == "encoder_head.npz" else old.read(name))
     with pytest.raises(BundleError, match="encoder head is corrupt"):
         load_bundle(out.getvalue())
+    other_layers = {**encoder_bundle.manifest["encoder"], "layers": [2, 6]}
+    with pytest.raises(BundleError, match=r"vectors of encoder layers \[6\]"):
+        load_bundle(_rewrite(path, manifest_patch={"encoder": {**other_layers, "layers": [6]}}))
+    with pytest.raises(BundleError, match="layers are not usable"):
+        load_bundle(_rewrite(path, manifest_patch={"encoder": {**other_layers, "layers": [6, 3]}}))
+
+
+def test_a_head_on_the_last_block_alone_still_loads(bundle, tmp_path):
+    """Bundles from before block 3 was pooled record no layers: their heads read block 6."""
+    old_head = small_head(layers=(6,))
+    with pytest.raises(BundleError, match="does not map"):
+        create_bundle(
+            bundle.models,
+            feature_settings=bundle.feature_settings,
+            normalizer=bundle.normalizer,
+            encoder_head=old_head,
+        )
+    made = create_bundle(
+        bundle.models,
+        feature_settings=bundle.feature_settings,
+        normalizer=bundle.normalizer,
+        encoder_head=old_head,
+        encoder_layers=(6,),
+    )
+    path = save_bundle(made, tmp_path / "old.zip")
+    entry = {k: v for k, v in made.manifest["encoder"].items() if k != "layers"}
+    loaded = load_bundle(_rewrite(path, manifest_patch={"encoder": entry}))
+    assert loaded.encoder_layers == (6,)
+    np.testing.assert_array_equal(loaded.encoder_head.coef, old_head.coef)

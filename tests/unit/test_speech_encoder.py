@@ -1,3 +1,5 @@
+import struct
+
 import librosa
 import numpy as np
 import pytest
@@ -6,12 +8,14 @@ from ser_worker import speech_encoder
 from ser_worker.audio import load_audio
 from ser_worker.labels import EMOTIONS
 from ser_worker.speech_encoder import (
-    EMBEDDING_SIZE,
     HOP,
+    LAYERS,
     SAMPLE_RATE,
     WINDOW_FRAMES,
     EncoderUnavailable,
     LinearHead,
+    check_layers,
+    embedding_size,
     encoder_windows,
     fit_linear_head,
     load_encoder,
@@ -91,22 +95,85 @@ def test_linear_head_needs_every_class():
 def test_weights_that_are_not_the_pinned_ones_are_refused(monkeypatch):
     monkeypatch.setattr(speech_encoder, "MODEL_SHA256", "0" * 64)
     with pytest.raises(EncoderUnavailable, match="not the pinned"):
-        speech_encoder.model_files()
+        speech_encoder.verified_weight_parts()
 
 
 def test_missing_weight_packages_say_how_to_install_them(monkeypatch):
     monkeypatch.setattr(speech_encoder, "WEIGHT_PARTS", (("ser_no_such_package", "x"),))
     with pytest.raises(EncoderUnavailable, match="reinstall ser"):
-        speech_encoder.model_files()
+        speech_encoder.verified_weight_parts()
 
 
 def test_real_clips_embed_the_same_alone_or_in_a_batch(real_clips):
     encoder = load_encoder(threads=1)
     waveforms = [load_audio(path) for path in real_clips[:3]]
     together = encoder.embed(waveforms)
-    assert together.shape == (3, EMBEDDING_SIZE)
+    assert together.shape == (3, embedding_size(LAYERS))
     assert np.isfinite(together).all()
     alone = encoder.embed(waveforms[1:2])
     assert np.allclose(alone[0], together[1], atol=1e-3)
     # Different speech gives different vectors (a constant output would pass the rest).
     assert not np.allclose(together[0], together[2], atol=1e-2)
+
+
+def test_a_cut_model_file_keeps_everything_but_the_blocks_never_run():
+    parts = speech_encoder.verified_weight_parts()
+    with speech_encoder._open_weights(parts) as whole:
+        full = [what for what, _ in speech_encoder._model_records(whole)]
+    cut_stream = speech_encoder.model_files(parts, 3)["model.bin"]
+    cut_records = dict(speech_encoder._model_records(cut_stream))
+    cut = list(cut_records)
+    never_run = [f"variable encoder/layer_{block}/" for block in (3, 4, 5)] + [
+        f"variable decoder/layer_{block}/" for block in (1, 2, 3, 4, 5)
+    ]
+    assert cut == [what for what in full if not what.startswith(tuple(never_run))]
+    assert "variable encoder/layer_2/ffn/linear_0/weight" in cut
+    assert "variable decoder/layer_0/ffn/linear_0/weight" in cut
+    # The decoder's embedding keeps one of its rows: (rank, rows, width) after its name.
+    embedding = cut_records["variable decoder/embeddings/weight"]
+    name_size = struct.unpack_from("<H", embedding)[0]
+    assert struct.unpack_from("<B2I", embedding, 2 + name_size) == (2, 1, 512)
+    per_block = sum(w.startswith("variable encoder/layer_0/") for w in full)
+    assert len(full) - len(cut) == 3 * per_block + 5 * sum(
+        w.startswith("variable decoder/layer_0/") for w in full
+    )
+
+
+def test_each_pooled_block_is_its_own_encoders_vector(real_clips):
+    waveforms = [load_audio(path) for path in real_clips[:2]]
+    both = load_encoder((3, 6), threads=1).embed(waveforms)
+    last = load_encoder((6,), threads=1).embed(waveforms)
+    assert both.shape == (2, embedding_size((3, 6)))
+    np.testing.assert_allclose(both[:, embedding_size((3,)) :], last, atol=1e-5)
+    # Block 3's half is not block 6's again: the cut model stops earlier.
+    assert not np.allclose(both[:, : embedding_size((3,))], last, atol=1e-2)
+
+
+@pytest.mark.parametrize("layers", [(), (3, 3), (6, 3), (0, 6), (7,)])
+def test_layers_must_be_distinct_ascending_blocks(layers):
+    with pytest.raises(ValueError, match="ascending"):
+        check_layers(layers)
+
+
+def test_first_rows_cuts_a_variable_record_and_keeps_its_type():
+    matrix = np.arange(12, dtype=np.float16).reshape(4, 3)
+    name = b"decoder/embeddings/weight\0"
+    record = (
+        struct.pack("<H", len(name))
+        + name
+        + bytes([2])
+        + struct.pack("<2I", 4, 3)
+        + bytes([5])
+        + struct.pack("<I", matrix.nbytes)
+        + matrix.tobytes()
+    )
+    cut = speech_encoder._first_rows(record, 1)
+    assert cut == (
+        struct.pack("<H", len(name))
+        + name
+        + bytes([2])
+        + struct.pack("<2I", 1, 3)
+        + bytes([5])
+        + struct.pack("<I", 6)
+        + matrix[:1].tobytes()
+    )
