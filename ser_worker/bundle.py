@@ -39,6 +39,9 @@ FORMAT = "ser-bundle/1"
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_SUFFIX = ".weights.h5"
 ENCODER_HEAD_NAME = "encoder_head.npz"
+# Bundles written before the manifest recorded the encoder's layers: their heads read the last
+# block alone.
+UNRECORDED_ENCODER_LAYERS = (6,)
 
 
 class BundleError(ValueError):
@@ -58,9 +61,8 @@ class Bundle:
 
     @property
     def encoder_layers(self) -> tuple[int, ...]:
-        """The encoder blocks whose pooled outputs the head reads (see speech_encoder.LAYERS);
-        bundles written before they were recorded read the last block alone."""
-        return tuple(self.manifest.get(ENCODER, {}).get("layers", (6,)))
+        """The encoder blocks whose pooled outputs the head reads (see speech_encoder.LAYERS)."""
+        return tuple(self.manifest.get(ENCODER, {}).get("layers", UNRECORDED_ENCODER_LAYERS))
 
     @property
     def version(self) -> str:
@@ -342,7 +344,7 @@ def _encoder_head_from(archive: zipfile.ZipFile, entry: dict) -> LinearHead:
     except Exception as exc:  # zip, zlib and numpy raise many unrelated types
         raise BundleError(f"the encoder head is corrupt: {exc}") from exc
     try:
-        layers = speech_encoder.check_layers(entry.get("layers", (6,)))
+        layers = speech_encoder.check_layers(entry.get("layers", UNRECORDED_ENCODER_LAYERS))
     except (TypeError, ValueError) as exc:
         raise BundleError(f"the bundle's encoder layers are not usable: {exc}") from exc
     _check_encoder_head(head, layers)
