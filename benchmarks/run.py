@@ -29,7 +29,7 @@ ratio the median of the per-run ratios of contenders measured back to back.
    core), against the in-process library call (load_audio + inference.predict, same batch and
    thread settings). Both worker sets run side by side on two Redis databases, so the three
    contenders can alternate. Also time to first result and worker cold start.
-4. Training: seconds per epoch per model (ser_worker.training.train on a small labelled set) and
+4. Training: seconds per epoch per model (ser_worker.training.fit.train on a small labelled set) and
    peak memory with 0 and 2 augmented copies; then the training data path alone (augment,
    disk cache, an epoch of batches) with 0 and 8 copies, where RAM that grew with the copies
    would be visible next to the copies' size.
@@ -154,7 +154,7 @@ def load_average() -> list[float]:
 def section_features(spec: dict) -> dict:
     from benchmarks.study_features import agreement, study_extract
     from ser_worker.audio import AudioError, load_audio
-    from ser_worker.features import FeatureSettings, extract
+    from ser_worker.features.study import FeatureSettings, extract
 
     settings = FeatureSettings()
     clips, rejected = [], {}
@@ -218,8 +218,8 @@ def section_features(spec: dict) -> dict:
 def section_bundle(spec: dict) -> dict:
     from ser_worker.audio import load_audio
     from ser_worker.bundle import create_bundle, save_bundle
-    from ser_worker.features import FeatureSettings, extract, fit_normalizer
-    from ser_worker.models import build_models
+    from ser_worker.features.study import FeatureSettings, extract, fit_normalizer
+    from ser_worker.models.cnn import build_models
 
     settings = FeatureSettings()
     features = [extract(load_audio(p), settings) for p in spec["clips"]]
@@ -237,7 +237,7 @@ def _import_runtime() -> dict[str, float]:
     """The heavy part of a worker's cold start, timed: librosa JIT warm-up, TF/Keras import."""
     timings = {}
     t = time.perf_counter()
-    from ser_worker import runtime
+    from ser_worker.service import runtime
 
     # What a worker child does after the fork (its threads, librosa), here in the foreground.
     runtime.warm_up(background=False)
@@ -258,8 +258,8 @@ def section_inference(spec: dict) -> dict:
     from benchmarks.flops import model_flops
     from ser_worker.audio import load_audio
     from ser_worker.bundle import load_bundle
-    from ser_worker.features import batch_inputs, extract, input_1d, input_2d
-    from ser_worker.inference import embed, encoder_vectors, predict_probabilities
+    from ser_worker.bundle.predict import embed, encoder_vectors, predict_probabilities
+    from ser_worker.features.study import batch_inputs, extract, input_1d, input_2d
 
     batch = spec["batch"]
     t = time.perf_counter()
@@ -414,16 +414,16 @@ def section_inference(spec: dict) -> dict:
 def section_baseline(spec: dict) -> None:
     """The in-process library call, on command: 'run' times one pass, 'quit' reports memory."""
     _import_runtime()
-    from ser_worker import runtime
     from ser_worker.audio import load_audio, trim_silence
     from ser_worker.bundle import load_bundle
-    from ser_worker.inference import predict
+    from ser_worker.bundle.predict import predict
+    from ser_worker.service import runtime
 
     bundle = load_bundle(Path(spec["bundle"]))
     limits = runtime.audio_limits()
 
     def decode_and_predict(clips: list[str]) -> None:
-        # As the worker does (ser_worker.tasks.inference): decode once, trim for the CNNs.
+        # As the worker does (ser_worker.service.tasks.inference): decode once, trim for the CNNs.
         untrimmed = [load_audio(path, limits, trim=False) for path in clips]
         waveforms = [trim_silence(y, limits) for y in untrimmed]
         predict(bundle, waveforms, untrimmed=untrimmed, batch_size=spec["batch"])
@@ -447,7 +447,7 @@ def section_training(spec: dict) -> dict:
     import numpy as np
 
     from ser_worker.audio import load_audio
-    from ser_worker.training import TrainConfig, train
+    from ser_worker.training.fit import TrainConfig, train
 
     memory = PeakMemory()
     labels = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
@@ -525,9 +525,9 @@ def section_training_data(spec: dict) -> dict:
     import numpy as np
 
     from ser_worker.audio import load_audio
-    from ser_worker.features import FeatureSettings
+    from ser_worker.features.study import FeatureSettings
     from ser_worker.labels import EMOTIONS
-    from ser_worker.training import (
+    from ser_worker.training.fit import (
         TrainingBatches,
         augmented_copy,
         balanced_class_weights,
@@ -760,8 +760,8 @@ class Services:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
     def register(self, bundle: bytes, clips: Sequence[Path]) -> None:
-        from ser_worker import store
         from ser_worker.bundle import read_manifest
+        from ser_worker.service import store
 
         with self.session() as session:
             store.register_version(
@@ -801,7 +801,7 @@ class Services:
     def processed_at(self, submission: str) -> list[float | None]:
         from sqlalchemy import select
 
-        from ser_worker.db.models import SubmissionItem
+        from ser_worker.service.db.models import SubmissionItem
 
         with self.session() as session:
             rows = session.scalars(

@@ -5,7 +5,7 @@ rate, frame energy as a Python loop ``sum(abs(y[i:i+2048]**2))`` and
 ``librosa.power_to_db(librosa.feature.melspectrogram(...), ref=np.max)``.
 
 Two deliberate departures, so that "same outputs" can be checked value for value against
-``ser_worker.features.extract`` (neither changes the study's cost):
+``ser_worker.features.study.extract`` (neither changes the study's cost):
 
 * the energy loop runs over the same centred framing as ours (half a frame of zeros on each side,
   one frame per hop, ``1 + len(y) // hop`` frames) instead of the study's uncentred
@@ -26,7 +26,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from ser_worker.features import ClipFeatures, FeatureSettings
+from ser_worker.features.study import ClipFeatures, FeatureSettings
 
 DEFAULT_SETTINGS = FeatureSettings()
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ser_worker.datasets import find_audio_files, label_for_path
-from ser_worker.store import ClipUpload
+from ser_worker.service.store import ClipUpload
 
 
 class NothingToSubmit(Exception):

@@ -26,15 +26,15 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from cli.collect import NothingToSubmit, collect
-from ser_worker import store
 from ser_worker.bundle import BundleError
-from ser_worker.celery_app import app
+from ser_worker.config import Settings, get_settings
 from ser_worker.datasets import SCHEMES, verify_crema_d
-from ser_worker.db.models import Evaluation, ModelVersion, Submission, TrainingRun
-from ser_worker.db.session import session_scope
-from ser_worker.labels import EMOTIONS, ENSEMBLE
-from ser_worker.metrics import evaluate as evaluate_metrics
-from ser_worker.settings import Settings, get_settings
+from ser_worker.evaluation.metrics import evaluate as evaluate_metrics
+from ser_worker.labels import DEFAULT_EPOCHS, EMOTIONS, ENSEMBLE, RESULT_MODELS
+from ser_worker.service import store
+from ser_worker.service.celery_app import app
+from ser_worker.service.db.models import Evaluation, ModelVersion, Submission, TrainingRun
+from ser_worker.service.db.session import session_scope
 
 console = Console(stderr=True)
 POLL_SECONDS = 0.5
@@ -134,7 +134,7 @@ def _submit(
 
 
 def _enqueue(settings: Settings, submission_id: str, batches: list[list[int]]) -> None:
-    from ser_worker.tasks.inference import infer
+    from ser_worker.service.tasks.inference import infer
 
     with _progress(settings.embedded) as progress:
         task = progress.add_task(
@@ -422,7 +422,7 @@ def status(settings: Settings, submission: str | None, as_json: bool) -> None:
 @click.option(
     "--model",
     "models",
-    type=click.Choice(store.RESULT_MODELS),
+    type=click.Choice(RESULT_MODELS),
     multiple=True,
     help="Only these models (repeatable); default all of the version's.",
 )
@@ -453,7 +453,7 @@ def results(
         rows = store.result_rows(
             session,
             submission_id,
-            models=models or store.RESULT_MODELS,
+            models=models or RESULT_MODELS,
             emotions=emotions,
             limit=limit,
         )
@@ -510,7 +510,7 @@ def results(
     help="speaker: no speaker on both sides (honest); random: the study's clip-level split.",
 )
 @click.option("--models", default="cnn1d,cnn2d", show_default=True, help="Comma-separated models.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--promote",
@@ -536,7 +536,7 @@ def train(
 
     Example: ser-cli train ../shared/data/ravdess --labels ravdess --epochs 20 --wait
     """
-    from ser_worker.tasks.training import train as train_task
+    from ser_worker.service.tasks.training import train as train_task
 
     chosen = tuple(name.strip() for name in models.split(",") if name.strip())
     if not chosen or set(chosen) - {"cnn1d", "cnn2d"}:

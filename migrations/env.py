@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from ser_worker.db.models import Base
-from ser_worker.db.session import get_engine
+from ser_worker.service.db.models import Base
+from ser_worker.service.db.session import get_engine
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or None

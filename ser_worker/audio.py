@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16_000
+from ser_worker.labels import SAMPLE_RATE
 
 # Below this peak (-80 dBFS) a clip holds nothing a model can use; one 16-bit step is ~3e-5.
 SILENCE_PEAK = 1e-4

@@ -1,4 +1,6 @@
-"""The six emotion classes, in the fixed order every model output and confusion matrix uses."""
+"""The rules every stage shares, stated once: the six emotion classes (in the fixed order of every
+model output and confusion matrix), the sample rate every stage works at, and the names of a
+bundle's members."""
 
 EMOTIONS: tuple[str, ...] = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 EMOTION_NAMES: dict[str, str] = {
@@ -9,11 +11,23 @@ EMOTION_NAMES: dict[str, str] = {
     "NEU": "neutral",
     "SAD": "sad",
 }
-MODEL_NAMES: tuple[str, ...] = ("cnn1d", "cnn2d")
-# The pretrained speech encoder with its linear head (ser_worker.speech_encoder), when a bundle
-# has one.
+
+# Every decoded clip is float32 mono at this rate: the CNN features, the speech encoder (Whisper
+# was trained at 16 kHz) and the augmentations all assume it.
+SAMPLE_RATE = 16_000
+
+# The members a bundle can hold: the study's two CNNs, and the pretrained speech encoder with
+# its linear head (ser_worker.models.encoder). ENSEMBLE names their weighted mix.
+CNN1D = "cnn1d"
+CNN2D = "cnn2d"
+MODEL_NAMES: tuple[str, ...] = (CNN1D, CNN2D)
 ENCODER = "encoder"
 ENSEMBLE = "ensemble"
+MEMBERS: tuple[str, ...] = (*MODEL_NAMES, ENCODER)
+RESULT_MODELS: tuple[str, ...] = (*MEMBERS, ENSEMBLE)
+
+# Training epochs when nobody says otherwise: `ser-cli train`, scheduled retraining, TrainConfig.
+DEFAULT_EPOCHS = 30
 
 
 def emotion_index(code: str) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ser_worker.audio import load_audio
-from ser_worker.augment import (
+from ser_worker.features.augment import (
     AUGMENTATIONS,
     MAX_SHIFT_S,
     add_noise,

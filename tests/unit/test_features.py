@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ser_worker.audio import load_audio
-from ser_worker.features import (
+from ser_worker.features.study import (
     ClipFeatures,
     FeatureSettings,
     Normalizer,

@@ -4,8 +4,8 @@ import sys
 import numpy as np
 import pytest
 
+from ser_worker.evaluation.metrics import evaluate, plot_confusion, plot_history
 from ser_worker.labels import EMOTIONS
-from ser_worker.metrics import evaluate, plot_confusion, plot_history
 
 
 def test_hand_computed_case():
@@ -125,7 +125,8 @@ def test_plots_write_png(tmp_path):
 
 def test_scoring_imports_neither_matplotlib_nor_keras():
     code = (
-        "import sys; from ser_worker.metrics import evaluate; evaluate(['ANG'], ['ANG']);"
+        "import sys; from ser_worker.evaluation.metrics import evaluate;"
+        "evaluate(['ANG'], ['ANG']);"
         "print(sorted(m for m in ('keras', 'matplotlib', 'tensorflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ser_worker import store
-from ser_worker.db.models import AudioBlob, ModelVersion, Prediction
-from ser_worker.db.session import session_scope
+from ser_worker.service import store
+from ser_worker.service.db.models import AudioBlob, ModelVersion, Prediction
+from ser_worker.service.db.session import session_scope
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_failed_uploads_keep_their_error(url):
 
 def test_cli_and_celery_app_do_not_import_tensorflow_or_librosa():
     code = (
-        "import sys, cli.main, ser_worker, ser_worker.tasks; "
+        "import sys, cli.main, ser_worker, ser_worker.service.tasks; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'librosa') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,0 +1,1 @@
+"""Scores of predictions against labels, the one ensemble rule, and their pictures."""

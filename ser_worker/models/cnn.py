@@ -1,0 +1,106 @@
+"""The two CNNs: a 1D net over the ZCR/energy sequence and a 2D net over the log-mel image.
+
+Both are rebuilt from this code when a bundle is loaded (bundles store weights only), so any
+change here that alters a layer or a parameter count breaks every stored bundle.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from ser_worker.features.study import FeatureSettings
+from ser_worker.labels import EMOTIONS
+
+FILTERS = (64, 128, 256, 512)
+DENSE_UNITS = 128
+DROPOUT = 0.2
+# Keras' default BatchNormalization momentum of 0.99 lets the moving statistics lag far behind
+# the batch statistics on small data sets, and small runs then collapsed to predicting a single
+# class at inference time; 0.9 tracks them within a few epochs.
+BN_MOMENTUM = 0.9
+
+
+def build_cnn1d(
+    input_length: int | None = None,
+    n_classes: int = len(EMOTIONS),
+    bn_momentum: float = BN_MOMENTUM,
+) -> keras.Model:
+    """Four Conv1D blocks over the (input_length, 1) feature sequence: 587,526 parameters."""
+    if input_length is None:
+        input_length = FeatureSettings().seq_frames * 2
+    inputs = keras.Input(shape=(input_length, 1), name="sequence")
+    x = inputs
+    for filters in FILTERS:
+        x = keras.layers.Conv1D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = keras.layers.MaxPooling1D(2)(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, _head(x, n_classes), name="cnn1d")
+
+
+def build_cnn2d(
+    n_mels: int | None = None,
+    n_frames: int | None = None,
+    n_classes: int = len(EMOTIONS),
+    bn_momentum: float = BN_MOMENTUM,
+) -> keras.Model:
+    """Four Conv2D blocks over the (n_mels, n_frames, 1) log-mel image: 1,620,102 parameters.
+
+    Global average pooling makes the parameter count independent of the input size, so the
+    same architecture serves any FeatureSettings; the input shape is still fixed per model
+    because training and inference must see the same window.
+    """
+    defaults = FeatureSettings()
+    n_mels = defaults.n_mels if n_mels is None else n_mels
+    n_frames = defaults.mel_frames if n_frames is None else n_frames
+    inputs = keras.Input(shape=(n_mels, n_frames, 1), name="mel")
+    x = inputs
+    for filters in FILTERS:
+        x = keras.layers.Conv2D(filters, (3, 3), padding="same", activation="relu")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = keras.layers.MaxPooling2D((2, 2))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, _head(x, n_classes), name="cnn2d")
+
+
+def _head(x, n_classes: int):
+    x = keras.layers.Dense(DENSE_UNITS, activation="relu")(x)
+    x = keras.layers.Dropout(DROPOUT)(x)
+    # float32 even when training in mixed precision: a bfloat16 softmax keeps ~3 significant
+    # digits, too coarse for the log of small probabilities in the loss.
+    return keras.layers.Dense(
+        n_classes, activation="softmax", name="probabilities", dtype="float32"
+    )(x)
+
+
+def build_model(name: str, input_shape: tuple[int, ...]) -> keras.Model:
+    """Rebuild a model by name for an input shape without the batch axis (bundle loading)."""
+    if name == "cnn1d":
+        return build_cnn1d(input_length=input_shape[0])
+    if name == "cnn2d":
+        return build_cnn2d(n_mels=input_shape[0], n_frames=input_shape[1])
+    raise ValueError(f"unknown model {name!r}; expected 'cnn1d' or 'cnn2d'")
+
+
+def build_models(
+    names: tuple[str, ...] | list[str], settings: FeatureSettings
+) -> dict[str, keras.Model]:
+    return {name: build_model(name, input_shape(name, settings)) for name in names}
+
+
+def input_shape(name: str, settings: FeatureSettings) -> tuple[int, ...]:
+    """The per-clip input shape a model takes under the given feature settings."""
+    if name == "cnn1d":
+        return (settings.seq_frames * 2, 1)
+    if name == "cnn2d":
+        return (settings.n_mels, settings.mel_frames, 1)
+    raise ValueError(f"unknown model {name!r}; expected 'cnn1d' or 'cnn2d'")
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

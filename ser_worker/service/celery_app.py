@@ -1,0 +1,52 @@
+"""The Celery application: queues, routes, schedule and the delivery guarantees.
+
+Only light imports here: the prefork parent imports this module, and TensorFlow must not be
+loaded before the fork (it is not fork-safe). Tasks import the heavy stages inside their bodies.
+"""
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from ser_worker.config import get_settings
+
+INFERENCE_QUEUE = "inference"
+TRAINING_QUEUE = "training"
+
+settings = get_settings()
+app = Celery("ser_worker", include=["ser_worker.service.tasks"])
+app.conf.update(
+    # No broker configured: the embedded mode runs every task in the calling process.
+    broker_url=settings.broker_url or "memory://",
+    task_always_eager=settings.embedded,
+    task_eager_propagates=True,
+    # JSON only: a worker must never unpickle what a client sent.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    # A task is acknowledged after it ran, and a worker that dies mid-task gives it back.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # A whole worker killed (host lost, SIGKILL) cannot give its task back: Redis hands it to
+    # another worker after this timeout. Above the longest task (a training run), or a task
+    # still running is delivered a second time; the tasks make that harmless, not free.
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    task_queues=(Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE)),
+    task_default_queue=INFERENCE_QUEUE,
+    task_routes={"ser.train": {"queue": TRAINING_QUEUE}, "ser.retrain": {"queue": TRAINING_QUEUE}},
+    beat_schedule={
+        "retrain": {"task": "ser.retrain", "schedule": settings.retrain_every_s},
+    },
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@worker_process_init.connect
+def _warm_up_child(**_kwargs) -> None:
+    """Pay librosa's JIT compilation in each child once, after the fork, not on the first clip."""
+    from ser_worker.service import runtime
+
+    runtime.warm_up()

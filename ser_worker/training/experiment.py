@@ -1,0 +1,206 @@
+"""One experiment: train on a split's training side, evaluate on its test side, make the bundle.
+
+Shared by the training task, the default-model script and the results report, so that every
+figure we publish comes from the same code path that produces the served models.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ser_worker.bundle import Bundle, create_bundle, with_encoder_head
+from ser_worker.bundle.predict import (
+    embed,
+    encoder_vectors,
+    predict_features,
+    predict_probabilities,
+)
+from ser_worker.datasets import LabelledClip, Split
+from ser_worker.evaluation.metrics import choose_share, evaluate
+from ser_worker.features.study import ClipFeatures
+from ser_worker.labels import EMOTIONS, ENCODER
+from ser_worker.training.fit import TrainConfig, augmented_copies, extract_all, train_on_features
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    waveforms: Sequence[np.ndarray],
+    labels: Sequence[str],
+    *,
+    untrimmed: Sequence[np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics per member (and the ensemble) on labelled waveforms; `untrimmed` as in
+    inference.predict.
+
+    Empty when there are no waveforms (a bundle trained on every clip has no test side).
+    """
+    if not waveforms:
+        return {}
+    return evaluate_features(
+        bundle,
+        extract_all(waveforms, bundle.feature_settings),
+        labels,
+        encoder_vectors=encoder_vectors(bundle, untrimmed if untrimmed is not None else waveforms),
+    )
+
+
+def evaluate_features(
+    bundle: Bundle,
+    features: Sequence[ClipFeatures],
+    labels: Sequence[str],
+    *,
+    encoder_vectors: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """`evaluate_bundle` for features (and encoder vectors) already computed."""
+    if not features:
+        return {}
+    predictions = predict_features(bundle, features, encoder_vectors=encoder_vectors)
+    return {
+        model: evaluate(labels, [clip[model].emotion for clip in predictions])
+        for model in predictions[0]
+    }
+
+
+def train_and_evaluate(
+    waveforms: Sequence[np.ndarray],
+    clips: Sequence[LabelledClip],
+    split: Split,
+    config: TrainConfig,
+    *,
+    cache_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    training_data: dict[str, Any] | None = None,
+    licences: Sequence[str] = (),
+    ensemble_weights: dict[str, float] | None = None,
+    untrimmed: Sequence[np.ndarray] | None = None,
+) -> tuple[Bundle, dict[str, dict[str, Any]]]:
+    """Extract every clip's features and augment the training side, then train and evaluate.
+
+    With `untrimmed` (the same clips before silence trimming) the bundle also gets the speech
+    encoder's head (see `add_encoder`).
+    """
+    settings = config.feature_settings
+    if progress:
+        progress(f"extracting features of {len(waveforms)} clips")
+    features = extract_all(waveforms, settings)
+    bundle, metrics = train_and_evaluate_features(
+        features,
+        augmented_copies(
+            [waveforms[i] for i in split.train], settings, config.augment_copies, config.seed
+        ),
+        clips,
+        split,
+        config,
+        cache_dir=cache_dir,
+        progress=progress,
+        training_data=training_data,
+        licences=licences,
+        ensemble_weights=ensemble_weights,
+    )
+    if untrimmed is None:
+        return bundle, metrics
+    if progress:
+        progress(f"speech encoder: vectors of {len(untrimmed)} clips, then its head")
+    return add_encoder(bundle, features, untrimmed, clips, split)
+
+
+def add_encoder(
+    bundle: Bundle,
+    features: Sequence[ClipFeatures],
+    untrimmed: Sequence[np.ndarray],
+    clips: Sequence[LabelledClip],
+    split: Split,
+) -> tuple[Bundle, dict[str, dict[str, Any]]]:
+    """The bundle plus the speech encoder's head fitted on split.train, its ensemble share chosen
+    on split.val (the CNNs keep their ratio), and the metrics of the whole on split.test.
+
+    A training side without every class gets no head (the head has one output per class): the
+    bundle comes back as it was.
+    """
+    labels = [clip.emotion for clip in clips]
+    if {labels[i] for i in split.train} != set(EMOTIONS):
+        return bundle, bundle.manifest["metrics"]
+    from ser_worker.models.encoder import fit_linear_head
+
+    vectors = embed(untrimmed)
+    train, val, test = (list(indices) for indices in (split.train, split.val, split.test))
+    head = fit_linear_head(vectors[train], [labels[i] for i in train], EMOTIONS)
+    cnn_weights = bundle.ensemble_weights
+    cnn_val = predict_probabilities(bundle, [features[i] for i in val])
+    share = choose_share(
+        [labels[i] for i in val],
+        head.probabilities(vectors[val]),
+        sum(weight * cnn_val[name] for name, weight in cnn_weights.items()),
+    )
+    weights = {ENCODER: share} | {
+        name: round((1 - share) * weight, 6) for name, weight in cnn_weights.items()
+    }
+    with_head = with_encoder_head(bundle, head, weights)
+    metrics = evaluate_features(
+        with_head,
+        [features[i] for i in test],
+        [labels[i] for i in test],
+        encoder_vectors=vectors[test],
+    )
+    with_head.manifest["metrics"] = metrics
+    return with_head, metrics
+
+
+def train_and_evaluate_features(
+    features: Sequence[ClipFeatures],
+    copies: Sequence[Iterable[ClipFeatures]],
+    clips: Sequence[LabelledClip],
+    split: Split,
+    config: TrainConfig,
+    *,
+    cache_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    training_data: dict[str, Any] | None = None,
+    licences: Sequence[str] = (),
+    ensemble_weights: dict[str, float] | None = None,
+) -> tuple[Bundle, dict[str, dict[str, Any]]]:
+    """Like `train_and_evaluate` from features of every clip and augmented copies of split.train.
+
+    Lets features be extracted once and reused by many runs, or on another machine.
+    """
+
+    def side(indices: Sequence[int]) -> tuple[list[ClipFeatures], list[str]]:
+        return [features[i] for i in indices], [clips[i].emotion for i in indices]
+
+    train_x, train_y = side(split.train)
+    val_x, val_y = side(split.val)
+    test_x, test_y = side(split.test)
+    result = train_on_features(
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        config,
+        copies=copies,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    bundle = create_bundle(
+        result.models,
+        feature_settings=config.feature_settings,
+        normalizer=result.normalizer,
+        split=split.to_dict(),
+        history=result.history,
+        training_data={
+            "clips": len(clips),
+            "sizes": {"train": len(train_x), "val": len(val_x), "test": len(test_x)},
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "seconds": round(result.seconds, 1),
+            **(training_data or {}),
+        },
+        licences=list(licences),
+        ensemble_weights=ensemble_weights,
+    )
+    metrics = evaluate_features(bundle, test_x, test_y)
+    # Measured with the finished bundle, so added after its version (a hash of the weights and
+    # the training manifest) is fixed.
+    bundle.manifest["metrics"] = metrics
+    return bundle, metrics

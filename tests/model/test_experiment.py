@@ -1,0 +1,81 @@
+"""The speech encoder's head added to a freshly trained CNN bundle (experiment.add_encoder)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ser_worker.audio import load_audio, trim_silence
+from ser_worker.bundle import Bundle, bundle_bytes, create_bundle, load_bundle
+from ser_worker.datasets import Split, load_dataset
+from ser_worker.features.study import FeatureSettings, fit_normalizer
+from ser_worker.labels import EMOTIONS
+from ser_worker.models.cnn import build_model, input_shape
+from ser_worker.training.experiment import add_encoder
+from ser_worker.training.fit import extract_all
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    clips = load_dataset(DATA).clips
+    untrimmed = [load_audio(clip.path, trim=False) for clip in clips]
+    features = extract_all([trim_silence(y) for y in untrimmed], FeatureSettings())
+    return clips, untrimmed, features
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(corpus) -> Bundle:
+    _, _, features = corpus
+    settings = FeatureSettings()
+    models = {name: build_model(name, input_shape(name, settings)) for name in ("cnn1d", "cnn2d")}
+    return create_bundle(
+        models,
+        feature_settings=settings,
+        normalizer=fit_normalizer(features),
+        licences=["RAVDESS: CC BY-NC-SA 4.0"],
+        ensemble_weights={"cnn1d": 0.4, "cnn2d": 0.6},
+    )
+
+
+def split_of(clips, train_corpus: str) -> Split:
+    train = tuple(i for i, clip in enumerate(clips) if clip.corpus == train_corpus)
+    other = tuple(i for i, clip in enumerate(clips) if clip.corpus != train_corpus)
+    return Split(train=train, val=other, test=other, protocol="test", description="test")
+
+
+def test_the_head_learns_the_training_side_and_joins_the_ensemble(corpus, cnn_bundle):
+    clips, untrimmed, features = corpus
+    assert {clip.corpus for clip in clips} == {"ravdess", "tess"}
+    # Trained on the six RAVDESS clips (one per class) and scored on them: a linear head on
+    # 1,024 numbers separates six points, so every one must come out right.
+    split = split_of(clips, "ravdess")
+    split = Split(split.train, split.test, split.train, "test", "scored on its training side")
+    bundle, metrics = add_encoder(cnn_bundle, features, untrimmed, clips, split)
+
+    assert bundle.members == ("cnn1d", "cnn2d", "encoder")
+    assert bundle.version != cnn_bundle.version
+    weights = bundle.ensemble_weights
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights["cnn2d"] / weights["cnn1d"] == pytest.approx(0.6 / 0.4)
+    assert metrics["encoder"]["accuracy"] == 1.0
+    assert set(metrics) == {"cnn1d", "cnn2d", "encoder", "ensemble"}
+    assert bundle.manifest["metrics"] == metrics
+    assert any(
+        licence.startswith("Speech encoder: Whisper base")
+        for licence in bundle.manifest["licences"]
+    )
+    assert load_bundle(bundle_bytes(bundle)).encoder_head is not None
+
+
+def test_a_training_side_without_every_class_gets_no_head(corpus, cnn_bundle):
+    clips, untrimmed, features = corpus
+    split = split_of(clips, "ravdess")
+    without_sad = Split(
+        tuple(i for i in split.train if clips[i].emotion != "SAD"), split.val, split.test, "t", "t"
+    )
+    assert {clips[i].emotion for i in without_sad.train} == set(EMOTIONS) - {"SAD"}
+    bundle, _ = add_encoder(cnn_bundle, features, untrimmed, clips, without_sad)
+    assert bundle is cnn_bundle
+    assert np.isclose(sum(bundle.ensemble_weights.values()), 1.0)
