@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ser_worker.config import Settings, get_settings
 from ser_worker.labels import SAMPLE_RATE
 
 # Below this peak (-80 dBFS) a clip holds nothing a model can use; one 16-bit step is ~3e-5.
@@ -68,10 +69,21 @@ class FileTooLargeError(AudioError):
 
 @dataclass(frozen=True)
 class AudioLimits:
-    max_bytes: int = 50_000_000
-    max_duration_s: float = 60.0
-    min_duration_s: float = 0.25  # measured after trimming silence
+    max_bytes: int
+    max_duration_s: float
+    min_duration_s: float  # measured after trimming silence
     trim_top_db: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> AudioLimits:
+        """The limits configured by SER_MAX_FILE_BYTES, SER_MAX_DURATION_S and SER_MIN_DURATION_S
+        (their defaults live in Settings alone)."""
+        settings = settings or get_settings()
+        return cls(
+            max_bytes=settings.max_file_bytes,
+            max_duration_s=settings.max_duration_s,
+            min_duration_s=settings.min_duration_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -193,13 +205,15 @@ def _decode(f: sf.SoundFile, info: AudioInfo) -> np.ndarray:
 
 
 def load_audio(
-    source: Source, limits: AudioLimits = AudioLimits(), *, trim: bool = True
+    source: Source, limits: AudioLimits | None = None, *, trim: bool = True
 ) -> np.ndarray:
     """Decode a clip (path or raw bytes) into float32 mono at SAMPLE_RATE, edges trimmed.
 
     Raises an `AudioError` subclass for every unusable clip; a missing path raises the usual
-    `FileNotFoundError` since that is the caller's fault, not the upload's.
+    `FileNotFoundError` since that is the caller's fault, not the upload's. `limits` defaults to
+    the configured ones (AudioLimits.from_settings).
     """
+    limits = limits or AudioLimits.from_settings()
     _check_size(source, limits)
     with _open(source) as f:
         info = _info(f)
@@ -240,9 +254,10 @@ def load_audio(
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def trim_silence(y: np.ndarray, limits: AudioLimits = AudioLimits()) -> np.ndarray:
+def trim_silence(y: np.ndarray, limits: AudioLimits | None = None) -> np.ndarray:
     """A decoded clip (load_audio(..., trim=False)) with its leading and trailing silence cut,
     as load_audio trims; TooShortError if less than the minimum duration is left."""
+    limits = limits or AudioLimits.from_settings()
     y, _ = librosa.effects.trim(
         y, top_db=limits.trim_top_db, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP
     )

@@ -72,12 +72,7 @@ def _trace(bundle: Bundle) -> None:
 
 
 def audio_limits() -> AudioLimits:
-    settings = get_settings()
-    return AudioLimits(
-        max_bytes=settings.max_file_bytes,
-        max_duration_s=settings.max_duration_s,
-        min_duration_s=settings.min_duration_s,
-    )
+    return AudioLimits.from_settings()
 
 
 def configure_threads() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -157,11 +158,11 @@ def test_too_long_is_decided_from_the_header(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
     with pytest.raises(TooLongError, match=r"120\.0 s long; the maximum is 60 s"):
-        load_audio(path, AudioLimits(max_duration_s=60.0))
+        load_audio(path, replace(AudioLimits.from_settings(), max_duration_s=60.0))
 
 
 def test_too_large_is_checked_before_anything_else(tmp_path: Path, make_speech) -> None:
-    limits = AudioLimits(max_bytes=1_000)
+    limits = replace(AudioLimits.from_settings(), max_bytes=1_000)
     valid = encode(make_speech(), SAMPLE_RATE)
     junk = np.random.default_rng(2).bytes(5_000)
     with pytest.raises(FileTooLargeError, match="1,000"):
