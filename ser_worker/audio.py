@@ -55,6 +55,10 @@ class SilentAudioError(AudioError):
     code = "silent"
 
 
+class NoSpeechError(AudioError):
+    code = "no_speech"
+
+
 class TooShortError(AudioError):
     code = "too_short"
 
@@ -125,12 +129,53 @@ def _declared_riff_bytes(head: bytes) -> int | None:
     return None if size in (0, 0xFFFFFFFF) else size + 8
 
 
+# Writers that stream to a pipe cannot seek back to fill in the sizes, so they leave one of these
+# in the RIFF and data size fields; libsndfile then reports no frames (0) or calls the file
+# truncated (0xFFFFFFFF). Such a file holds exactly what follows the data header.
+_STREAMING_SIZES = (0, 0xFFFFFFFF)
+
+
+def _data_chunk(head: bytes) -> int | None:
+    """Where a WAV's data chunk header starts, walking the chunks that precede it in `head`."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    position = 12
+    while position + 8 <= len(head):
+        if head[position : position + 4] == b"data":
+            return position
+        size = int.from_bytes(head[position + 4 : position + 8], "little")
+        position += 8 + size + (size & 1)
+    return None
+
+
+def _streamed_wav(source: Source) -> bytes | None:
+    """The WAV with its placeholder sizes replaced by the real ones; None when it has none."""
+    head = _head(source, 4096)
+    position = _data_chunk(head)
+    if position is None:
+        return None
+    riff = int.from_bytes(head[4:8], "little")
+    size = int.from_bytes(head[position + 4 : position + 8], "little")
+    if size not in _STREAMING_SIZES and riff not in _STREAMING_SIZES:
+        return None
+    fixed = bytearray(_head(source, _byte_size(source)))
+    fixed[4:8] = (len(fixed) - 8).to_bytes(4, "little")
+    fixed[position + 4 : position + 8] = (len(fixed) - position - 8).to_bytes(4, "little")
+    return bytes(fixed)
+
+
 def _open(source: Source) -> sf.SoundFile:
+    source = _streamed_wav(source) or source
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
     try:
         return sf.SoundFile(stream)
     except (sf.SoundFileError, RuntimeError) as exc:
         reason = _libsndfile_reason(exc)
+        if _head(source, 4) == b"OggS":
+            # An Ogg stream cut after its first pages opens as "malformed": its header was there.
+            raise TruncatedAudioError(
+                f"OGG file is truncated or corrupt: its pages end early ({reason})"
+            ) from exc
         # libsndfile calls a WAV cut off inside its header "malformed"; the RIFF size field says
         # how long the file was meant to be, which tells a truncated upload from a corrupt one.
         declared, size = _declared_riff_bytes(_head(source, 8)), _byte_size(source)
@@ -230,14 +275,17 @@ def load_audio(
                 f"WAV header declares {declared:,} bytes of audio but only {present:,} are "
                 "present; the file is truncated"
             )
+        if info.frames == 0 and info.format == "OGG":
+            # libsndfile counts an Ogg stream's frames from its last page: a cut stream has none.
+            raise TruncatedAudioError("OGG file has no complete audio page; the file is truncated")
         if info.frames == 0:
             raise EmptyAudioError(f"{info.format} file contains no audio frames")
         samples = _decode(f, info)
 
-    y = samples.mean(axis=1) if info.channels > 1 else samples[:, 0]
-    n_bad = int(np.count_nonzero(~np.isfinite(y)))
+    n_bad = int(np.count_nonzero(~np.isfinite(samples)))
     if n_bad:
         raise NonFiniteAudioError(f"clip contains {n_bad} NaN or infinite samples")
+    y = _mono(samples)
     # Before trimming: trim measures loudness relative to the peak, which is meaningless when
     # there is no signal at all.
     peak = float(np.max(np.abs(y)))
@@ -245,6 +293,12 @@ def load_audio(
         raise SilentAudioError(
             f"clip is silent (peak amplitude {peak:.2g}, below {SILENCE_PEAK:g})"
         )
+    if float(np.max(np.abs(y - y.mean()))) < SILENCE_PEAK:
+        raise NoSpeechError(f"clip holds no sound, only a constant offset of {float(y.mean()):.2g}")
+    if peak > 1.0:
+        # Float files may exceed full scale; far beyond it, squaring overflows float32 in the
+        # trimming and features. Above full scale the level means nothing: scale to it.
+        y = (y / peak).astype(np.float32)
 
     if info.sample_rate != SAMPLE_RATE:
         y = soxr.resample(y, info.sample_rate, SAMPLE_RATE, quality="HQ")
@@ -252,6 +306,19 @@ def load_audio(
         return trim_silence(y, limits)
     _check_duration(y, limits, "")
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _mono(samples: np.ndarray) -> np.ndarray:
+    """The channels' mean, unless they cancel out (a phase-inverted pair, as some stereo
+    recorders and broken cables make): then the loudest channel alone."""
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    mean = samples.mean(axis=1)
+    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=0))
+    # The mean of in-phase channels keeps most of their energy; cancelling ones keep almost none.
+    if np.sqrt(np.mean(np.square(mean, dtype=np.float64))) < 0.1 * float(rms.max()):
+        return np.ascontiguousarray(samples[:, int(np.argmax(rms))])
+    return mean
 
 
 def trim_silence(y: np.ndarray, limits: AudioLimits | None = None) -> np.ndarray:

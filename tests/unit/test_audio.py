@@ -16,6 +16,7 @@ from ser_worker.audio import (
     EmptyAudioError,
     FileTooLargeError,
     NonFiniteAudioError,
+    NoSpeechError,
     NotAudioError,
     SilentAudioError,
     TooLongError,
@@ -50,6 +51,7 @@ def test_error_codes_are_stable_and_distinct() -> None:
         TruncatedAudioError: "truncated",
         NonFiniteAudioError: "non_finite",
         SilentAudioError: "silent",
+        NoSpeechError: "no_speech",
         TooShortError: "too_short",
         TooLongError: "too_long",
         FileTooLargeError: "too_large",
@@ -271,3 +273,57 @@ def test_probe_reads_the_header(make_speech) -> None:
         probe(b"not audio at all")
     with pytest.raises(EmptyAudioError):
         probe(b"")
+
+
+# --- inputs a hostile tester found (issue #18, items 9 and 11) -------------------------------
+
+
+def _with_sizes(wav: bytes, riff: int, data: int) -> bytes:
+    fixed = bytearray(wav)
+    position = wav.index(b"data")
+    fixed[4:8] = riff.to_bytes(4, "little")
+    fixed[position + 4 : position + 8] = data.to_bytes(4, "little")
+    return bytes(fixed)
+
+
+@pytest.mark.parametrize("riff, data", [(0xFFFFFFFF, 0xFFFFFFFF), (0, 0), (0xFFFFFFFF, 0)])
+def test_streaming_wav_placeholder_sizes_decode_what_is_there(
+    tmp_path: Path, make_speech, riff: int, data: int
+) -> None:
+    y = make_speech()
+    streamed = _with_sizes(encode(y, SAMPLE_RATE), riff, data)
+    expected = load_audio(encode(y, SAMPLE_RATE), trim=False)
+    for source in (streamed, write(tmp_path / "streamed.wav", streamed)):
+        np.testing.assert_array_equal(load_audio(source, trim=False), expected)
+
+
+def test_a_wav_shorter_than_its_real_sizes_is_still_truncated(make_speech) -> None:
+    wav = encode(make_speech(), SAMPLE_RATE)
+    with pytest.raises(TruncatedAudioError):
+        load_audio(wav[: len(wav) // 2])
+
+
+def test_phase_inverted_stereo_falls_back_to_one_channel(make_speech) -> None:
+    y = make_speech()
+    stereo = np.stack([y, -y], axis=1)
+    mono = load_audio(encode(stereo, SAMPLE_RATE))
+    np.testing.assert_allclose(mono, load_audio(encode(y, SAMPLE_RATE)), atol=1e-4)
+
+
+def test_a_cut_ogg_is_truncated(make_speech) -> None:
+    ogg = encode(make_speech(), SAMPLE_RATE, "OGG", "VORBIS")
+    with pytest.raises(TruncatedAudioError):
+        load_audio(ogg[: len(ogg) // 2])
+
+
+def test_float_samples_far_beyond_full_scale_are_scaled_not_overflowed(make_speech) -> None:
+    y = make_speech()
+    loud = load_audio(encode(y * 1e20, SAMPLE_RATE, subtype="FLOAT"))
+    assert np.all(np.isfinite(loud)) and np.max(np.abs(loud)) == pytest.approx(1.0)
+    assert loud.shape == load_audio(encode(y, SAMPLE_RATE, subtype="FLOAT")).shape
+
+
+def test_a_constant_offset_alone_is_no_speech() -> None:
+    dc = np.full(2 * SAMPLE_RATE, 0.3, dtype=np.float32)
+    with pytest.raises(NoSpeechError, match="constant offset"):
+        load_audio(encode(dc, SAMPLE_RATE, subtype="FLOAT"))
