@@ -1,18 +1,20 @@
 """The pretrained speech encoder (ser_worker.models.encoder) under the report's protocols, alone
 and mixed with the CNN runs of research/results on the same splits.
 
-    python research/encoder_report.py embed --out .bank/encoder.npz  # every clip: 5 min, 2 cores
-    python research/encoder_report.py run --embeddings .bank/encoder.npz
-    python research/encoder_report.py embed --layers 2,3,4,5,6 --out .bank/blocks.npz  # 12 min
-    python research/encoder_report.py layers --embeddings .bank/blocks.npz
+    python -m research.encoder_report embed --out .bank/encoder.npz  # every clip
+    python -m research.encoder_report run --embeddings .bank/encoder.npz
+    python -m research.encoder_report embed --layers 2,3,4,5,6 --out .bank/blocks.npz
+    python -m research.encoder_report layers --embeddings .bank/blocks.npz
 
-`layers` compares which encoder blocks to pool (speech_encoder.LAYERS), by the validation
-actors of speaker-ravdess-with-tess; test figures are printed beside them, not used to choose.
+`layers` compares which encoder blocks to pool (ser_worker.models.encoder.LAYERS), by the
+validation actors of speaker-ravdess-with-tess; test figures are printed beside them, not used
+to choose.
 `run` fits a linear head per split (seconds each, so every protocol runs with every seed on a
 CPU), writes research/results/encoder/runs.json and fills the encoder section of docs/RESULTS.md.
-Splits come from research/report.py's `experiments`, so each run pairs with the CNN run of the
-same name and seed: the CNN ensemble there uses the shipped bundle's weights (0.6 cnn2d, 0.4
-cnn1d), and the mix with the encoder takes the encoder's share chosen on the validation actors.
+Splits come from research.protocols, as the CNN runs', so each run pairs with the CNN run of
+the same name and seed: the CNN ensemble there uses the CNN weights of the shipped bundle's
+record (research.default_model), and the mix with the encoder takes the encoder's share chosen
+on the validation actors.
 TESS training sides hold every second clip, as the CNN runs' feature bank did.
 """
 
@@ -23,27 +25,33 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from research.report import RESULTS, _cell, _replace_between, experiments  # noqa: E402
-from ser_worker.labels import EMOTIONS  # noqa: E402
-from ser_worker.models.encoder import LAYERS, check_layers, embedding_size  # noqa: E402
+if not __package__:  # run as a file: import research.* as `python -m` would
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
+from research.common import DATA, RESULTS, cell, fill_report, run_file
+from research.default_model import DefaultModelRecipe
+from research.protocols import FOLDS, experiments
+from ser_worker.evaluation.ensemble import mix
+from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE
+from ser_worker.models.encoder import LAYERS, check_layers, embedding_size
+
 OUT = RESULTS / "encoder" / "runs.json"
+SEEDS = (0, 1, 2, 3, 4)
 PROTOCOLS = {
-    "random-ravdess": (0, 1, 2, 3, 4),
-    "speaker-ravdess": (0, 1, 2, 3, 4),
-    "speaker-ravdess-with-tess": (0, 1, 2, 3, 4),
+    "random-ravdess": SEEDS,
+    "speaker-ravdess": SEEDS,
+    "speaker-ravdess-with-tess": SEEDS,
     # A linear head on fixed embeddings is deterministic, and these splits do not depend on
     # the seed: one run each.
     "speaker-tess": (0,),
     "cross-corpus": (0,),
 }
-CNN_WEIGHTS = {"cnn2d": 0.6, "cnn1d": 0.4}
+TESS_EVERY = 2  # see above
 MARKER = "<!-- encoder-table -->"
 log = logging.getLogger("encoder_report")
 
@@ -129,29 +137,41 @@ def compare_layers(args: argparse.Namespace) -> None:
         columns = block_columns(embedded, candidate)
         rows = []
         for seed in PROTOCOLS[LAYER_PROTOCOL]:
-            for name, clips, split in experiments(LAYER_PROTOCOL, ravdess, tess, range(5), seed, 2):
+            for name, clips, split in experiments(
+                LAYER_PROTOCOL, ravdess, tess, FOLDS, seed, TESS_EVERY
+            ):
                 chosen = vectors[[row_of[str(clip.path)] for clip in clips]][:, columns]
                 rows.append(one_run(LAYER_PROTOCOL, name, seed, clips, split, chosen))
         print(
             f"| {', '.join(map(str, candidate))} "
-            f"| {_cell([r['encoder_validation_macro_f1'] for r in rows])} "
-            f"| {_cell([r['encoder']['macro_f1'] for r in rows])} "
-            f"| {_cell([r['encoder_with_cnns'] for r in rows if 'encoder_with_cnns' in r])} "
+            f"| {cell([r['encoder_validation_macro_f1'] for r in rows])} "
+            f"| {cell([r['encoder']['macro_f1'] for r in rows])} "
+            f"| {cell([r['encoder_with_cnns'] for r in rows if 'encoder_with_cnns' in r])} "
             f"| {sum(candidate)} |",
             flush=True,
         )
 
 
 def cnn_run(name: str, recipe: str, seed: int) -> dict | None:
-    path = RESULTS / f"{name}--{recipe}--seed{seed}.json"
+    path = RESULTS / run_file(name, recipe, seed)
     if not path.exists():
         return None
     result = json.loads(path.read_text())
     return result if "probabilities" in result else None
 
 
-def cnn_ensemble(side: dict) -> np.ndarray:
-    return sum(weight * np.asarray(side[model]) for model, weight in CNN_WEIGHTS.items())
+def cnn_ensemble(run: dict) -> dict[str, np.ndarray]:
+    """A CNN run's ensemble outputs on its validation and test sides, with the shipped CNN
+    weights."""
+    weights = shipped_recipe().cnn_weights
+    return {part: mix(run["probabilities"][part], weights) for part in ("val", "test")}
+
+
+@cache
+def shipped_recipe() -> DefaultModelRecipe:
+    """The shipped bundle's record: its head strength and its CNNs' weights are the ones every
+    run here fits and mixes with, so the encoder's rows describe what ships."""
+    return DefaultModelRecipe.load()
 
 
 def one_run(protocol: str, name: str, seed: int, clips: list, split, vectors: np.ndarray) -> dict:
@@ -165,7 +185,13 @@ def one_run(protocol: str, name: str, seed: int, clips: list, split, vectors: np
 
     labels = [clip.emotion for clip in clips]
     side = {part: list(getattr(split, part)) for part in ("train", "val", "test")}
-    head = fit_linear_head(vectors[side["train"]], [labels[i] for i in side["train"]], EMOTIONS)
+    recipe = shipped_recipe()
+    head = fit_linear_head(
+        vectors[side["train"]],
+        [labels[i] for i in side["train"]],
+        EMOTIONS,
+        strength=recipe.head_strength,
+    )
     p = {part: head.probabilities(vectors[side[part]]) for part in ("val", "test")}
     truth = {part: [labels[i] for i in side[part]] for part in ("val", "test")}
     encoder = evaluate(truth["test"], [EMOTIONS[i] for i in p["test"].argmax(axis=1)])
@@ -174,7 +200,7 @@ def one_run(protocol: str, name: str, seed: int, clips: list, split, vectors: np
         "protocol": protocol,
         "seed": seed,
         "test_clips": len(side["test"]),
-        "encoder": {k: encoder[k] for k in ("accuracy", "macro_f1", "confusion")},
+        ENCODER: {k: encoder[k] for k in ("accuracy", "macro_f1", "confusion")},
         "encoder_validation_macro_f1": (
             argmax_macro_f1(truth["val"], p["val"]) if truth["val"] else None
         ),
@@ -182,16 +208,16 @@ def one_run(protocol: str, name: str, seed: int, clips: list, split, vectors: np
         "probabilities": {
             part: {
                 "labels": truth[part],
-                "encoder": np.round(p[part].astype(np.float64), 4).tolist(),
+                ENCODER: np.round(p[part].astype(np.float64), 4).tolist(),
             }
             for part in ("val", "test")
         },
     }
     ours, study = cnn_run(name, "ours", seed), cnn_run(name, "study", seed)
     if study is not None:
-        row["study_ensemble"] = study["metrics"]["ensemble"]["macro_f1"]
+        row["study_ensemble"] = study["metrics"][ENSEMBLE]["macro_f1"]
     if ours is not None and ours["probabilities"]["test"]["labels"] == truth["test"]:
-        cnn = {part: cnn_ensemble(ours["probabilities"][part]) for part in ("val", "test")}
+        cnn = cnn_ensemble(ours)
         share = choose_share(truth["val"], p["val"], cnn["val"]) if truth["val"] else 0.5
         row["cnn_ensemble"] = argmax_macro_f1(truth["test"], cnn["test"])
         row["encoder_share"] = share
@@ -207,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
     rows = []
     for protocol, seeds in PROTOCOLS.items():
         for seed in seeds:
-            for name, clips, split in experiments(protocol, ravdess, tess, range(5), seed, 2):
+            for name, clips, split in experiments(protocol, ravdess, tess, FOLDS, seed, TESS_EVERY):
                 vectors = vectors_of_all[[row_of[str(clip.path)] for clip in clips]]
                 rows.append(one_run(protocol, name, seed, clips, split, vectors))
                 log.info(
@@ -218,8 +244,7 @@ def run(args: argparse.Namespace) -> None:
                 )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
-    report = REPO / "docs" / "RESULTS.md"
-    report.write_text(_replace_between(report.read_text(), MARKER, encoder_table(rows)))
+    fill_report({MARKER: encoder_table(rows)})
     print(encoder_table(rows))
 
 
@@ -240,12 +265,12 @@ def encoder_table(rows: list[dict]) -> str:
             return [row[key][sub] if sub else row[key] for row in chosen if key in row]
 
         cells = [
-            _cell(values("encoder", "accuracy")),
-            _cell(values("encoder", "macro_f1")),
-            _cell(values("cnn_ensemble")),
-            _cell(values("encoder_with_cnns")),
-            _cell(values("encoder_share")),
-            _cell(values("study_ensemble")),
+            cell(values(ENCODER, "accuracy")),
+            cell(values(ENCODER, "macro_f1")),
+            cell(values("cnn_ensemble")),
+            cell(values("encoder_with_cnns")),
+            cell(values("encoder_share")),
+            cell(values("study_ensemble")),
         ]
         lines.append(f"| {protocol} | {len(chosen)} | " + " | ".join(cells) + " |")
     lines += [
@@ -258,7 +283,7 @@ def encoder_table(rows: list[dict]) -> str:
     ]
     for protocol in PROTOCOLS:
         matrices = [
-            np.array(row["encoder"]["confusion"]) for row in rows if row["protocol"] == protocol
+            np.array(row[ENCODER]["confusion"]) for row in rows if row["protocol"] == protocol
         ]
         if matrices:
             pairs = most_confused(sum(matrices), EMOTIONS, top=3)
@@ -313,7 +338,7 @@ def main() -> None:
     run_parser.add_argument("--embeddings", type=Path, required=True)
     run_parser.set_defaults(func=run)
     for each in (embed_parser, run_parser, layers_parser):
-        each.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+        each.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.func(args)

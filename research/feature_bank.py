@@ -2,15 +2,15 @@
 
 A bank lets the report's runs skip audio decoding, feature extraction and augmentation (the
 CPU-heavy parts), and lets them run on a machine that has no copy of the corpora, e.g. a GPU
-machine that only takes a few tens of MB:
+machine that takes only a small upload:
 
     python -m research.feature_bank build --data ../shared/data --copies 1 --out bank.npz
 
 The log-mel (dB relative to the clip's peak, clipped at -80 by librosa) is stored as uint8
-steps of 80/255 dB: a rounding error of at most 0.16 dB, against band spreads of 10-20 dB after
-standardisation; ZCR and energy stay float32. Raw features are stored, so one bank serves every
-FeatureSettings that shares its sample rate, framing and bands (window lengths and
-per-clip normalisation are applied when features are read).
+steps of 80/255 dB (a rounding error of at most half a step); ZCR and energy stay float32. Raw
+features are stored, so one bank serves every FeatureSettings that shares its sample rate,
+framing and bands (window lengths and per-clip normalisation are applied when features are
+read).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ packer=$!
 pids=()
 for ((shard = 0; shard < JOBS; shard++)); do
     # shellcheck disable=SC2086  # REPORT_ARGS is a list of arguments
-    python3 research/report.py run --bank .bank/bank.npz --shard "$shard/$JOBS" \
+    python3 -m research.report run --bank .bank/bank.npz --shard "$shard/$JOBS" \
         --stop-after "$STOP" $REPORT_ARGS >"/tmp/gpu-grid-logs/shard$shard.log" 2>&1 &
     pids+=($!)
 done

@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from ser_worker.config import Settings, get_settings
-from ser_worker.labels import SAMPLE_RATE
+from ser_worker.labels import SAMPLE_RATE, TRIM_TOP_DB
 
 # Below this peak (-80 dBFS) a clip holds nothing a model can use; one 16-bit step is ~3e-5.
 SILENCE_PEAK = 1e-4
@@ -76,7 +76,6 @@ class AudioLimits:
     max_bytes: int
     max_duration_s: float
     min_duration_s: float  # measured after trimming silence
-    trim_top_db: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> AudioLimits:
@@ -301,10 +300,10 @@ def load_audio(
         y = (y / peak).astype(np.float32)
 
     if info.sample_rate != SAMPLE_RATE:
-        y = soxr.resample(y, info.sample_rate, SAMPLE_RATE, quality="HQ")
+        y = resample(y, info.sample_rate)
     if trim:
         return trim_silence(y, limits)
-    _check_duration(y, limits, "")
+    check_duration(y, limits)
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -321,18 +320,26 @@ def _mono(samples: np.ndarray) -> np.ndarray:
     return mean
 
 
-def trim_silence(y: np.ndarray, limits: AudioLimits | None = None) -> np.ndarray:
+def trim_silence(
+    y: np.ndarray, limits: AudioLimits | None = None, top_db: float = TRIM_TOP_DB
+) -> np.ndarray:
     """A decoded clip (load_audio(..., trim=False)) with its leading and trailing silence cut,
     as load_audio trims; TooShortError if less than the minimum duration is left."""
     limits = limits or AudioLimits.from_settings()
-    y, _ = librosa.effects.trim(
-        y, top_db=limits.trim_top_db, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP
-    )
-    _check_duration(y, limits, " after trimming silence")
+    y, _ = librosa.effects.trim(y, top_db=top_db, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP)
+    check_duration(y, limits, " after trimming silence")
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def _check_duration(y: np.ndarray, limits: AudioLimits, after: str) -> None:
+def resample(y: np.ndarray, sampling_rate: int) -> np.ndarray:
+    """`y` (mono) at SAMPLE_RATE, by soxr's high-quality resampler."""
+    if sampling_rate == SAMPLE_RATE:
+        return y
+    return soxr.resample(y, sampling_rate, SAMPLE_RATE, quality="HQ")
+
+
+def check_duration(y: np.ndarray, limits: AudioLimits, after: str = "") -> None:
+    """TooShortError when `y` (at SAMPLE_RATE) is shorter than the minimum duration."""
     duration_s = y.shape[0] / SAMPLE_RATE
     if duration_s < limits.min_duration_s:
         raise TooShortError(

@@ -26,6 +26,10 @@ ENSEMBLE = "ensemble"
 MEMBERS: tuple[str, ...] = (*MODEL_NAMES, ENCODER)
 RESULT_MODELS: tuple[str, ...] = (*MEMBERS, ENSEMBLE)
 
+# The CNNs read clips with their edges cut where the signal stays this many dB below its peak
+# (librosa.effects.trim's default, as in the study). Bundles record it (bundle.manifest).
+TRIM_TOP_DB = 60.0
+
 # Training epochs when nobody says otherwise: `ser-cli train`, scheduled retraining, TrainConfig.
 DEFAULT_EPOCHS = 30
 

@@ -1,44 +1,34 @@
 """Batched prediction with a loaded bundle: both CNNs, the speech encoder's head when the bundle
-has one, and their ensemble for every clip."""
+has one, and their ensemble for every clip. ``Bundle.predict_prepared`` runs here; training and
+research call the lower steps (features or encoder vectors already computed) directly."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from ser_worker.bundle import Bundle
-from ser_worker.features.study import ClipFeatures, batch_inputs, extract
-from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE
+from ser_worker.bundle.core import Bundle
+from ser_worker.bundle.records import MemberPrediction, PreparedClip
+from ser_worker.evaluation.ensemble import mix
+from ser_worker.features.study import ClipFeatures, extract
+from ser_worker.labels import ENCODER, ENSEMBLE
+from ser_worker.models.registry import CNN_MEMBERS
 
 
-@dataclass(frozen=True)
-class Prediction:
-    emotion: str
-    confidence: float
-    probabilities: dict[str, float]
-
-    @classmethod
-    def from_probabilities(
-        cls, probabilities: np.ndarray, labels: Sequence[str] = EMOTIONS
-    ) -> Prediction:
-        # Renormalised in float64 so the stored probabilities sum to 1 despite float32 softmax.
-        p = np.asarray(probabilities, dtype=np.float64)
-        p = p / p.sum()
-        best = int(np.argmax(p))
-        return cls(
-            emotion=labels[best],
-            confidence=float(p[best]),
-            probabilities={code: float(v) for code, v in zip(labels, p, strict=True)},
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "emotion": self.emotion,
-            "confidence": self.confidence,
-            "probabilities": dict(self.probabilities),
-        }
+def predict_clips(
+    bundle: Bundle, clips: Sequence[PreparedClip], *, batch_size: int = 64
+) -> list[dict[str, MemberPrediction]]:
+    """What ``Bundle.predict_prepared`` returns: a MemberPrediction per member of the bundle
+    (``Bundle.members``) and the ensemble (``Bundle.ensemble_weights``), one dict per clip;
+    each member reads its own waveform of the clip."""
+    settings = bundle.feature_settings
+    return predict_features(
+        bundle,
+        [extract(clip.cnn, settings) for clip in clips],
+        encoder_vectors=encoder_vectors(bundle, [clip.encoder for clip in clips]),
+        batch_size=batch_size,
+    )
 
 
 def predict(
@@ -47,22 +37,20 @@ def predict(
     *,
     untrimmed: Sequence[np.ndarray] | None = None,
     batch_size: int = 64,
-) -> list[dict[str, Prediction]]:
-    """Predict every waveform (float32 mono at the bundle's sample rate, edges trimmed).
+) -> list[dict[str, MemberPrediction]]:
+    """Predict waveforms already decoded and trimmed (float32 mono at the bundle's rate).
 
-    Returns one dict per clip with a Prediction per member of the bundle (``Bundle.members``)
-    plus ``"ensemble"``, the weighted mean of their probability vectors
-    (``Bundle.ensemble_weights``). `untrimmed` holds the same clips before silence trimming:
-    the encoder's head was fitted on those (validation actors scored 2-3 points higher than
-    with trimmed clips); without them the encoder sees `waveforms`.
+    The service's older calling convention, kept until its tasks call ``Bundle.predict_prepared``:
+    `untrimmed` holds the same clips before silence trimming, which the encoder's head reads;
+    without them the encoder sees `waveforms`.
     """
-    settings = bundle.feature_settings
-    return predict_features(
-        bundle,
-        [extract(y, settings) for y in waveforms],
-        encoder_vectors=encoder_vectors(bundle, untrimmed if untrimmed is not None else waveforms),
-        batch_size=batch_size,
-    )
+    untrimmed = untrimmed if untrimmed is not None else waveforms
+    rate = bundle.feature_settings.sample_rate
+    clips = [
+        PreparedClip(cnn=y, encoder=u, duration_s=len(y) / rate)
+        for y, u in zip(waveforms, untrimmed, strict=True)
+    ]
+    return predict_clips(bundle, clips, batch_size=batch_size)
 
 
 def encoder_vectors(bundle: Bundle, waveforms: Sequence[np.ndarray]) -> np.ndarray | None:
@@ -88,23 +76,22 @@ def predict_features(
     *,
     encoder_vectors: np.ndarray | None = None,
     batch_size: int = 64,
-) -> list[dict[str, Prediction]]:
+) -> list[dict[str, MemberPrediction]]:
     """Like `predict` for features (and encoder vectors) that were already computed."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     probabilities = predict_probabilities(
         bundle, features_list, encoder_vectors=encoder_vectors, batch_size=batch_size
     )
-    labels, weights = bundle.labels, bundle.ensemble_weights
-    results = []
-    for i in range(len(features_list)):
-        per_model = {name: p[i] for name, p in probabilities.items()}
-        clip = {name: Prediction.from_probabilities(p, labels) for name, p in per_model.items()}
-        clip[ENSEMBLE] = Prediction.from_probabilities(
-            sum(weights[name] * p for name, p in per_model.items()), labels
-        )
-        results.append(clip)
-    return results
+    probabilities[ENSEMBLE] = mix(probabilities, bundle.ensemble_weights)
+    labels = bundle.labels
+    return [
+        {
+            name: MemberPrediction.from_probabilities(p[i], labels)
+            for name, p in probabilities.items()
+        }
+        for i in range(len(features_list))
+    ]
 
 
 def predict_probabilities(
@@ -123,11 +110,11 @@ def predict_probabilities(
     n_classes = len(bundle.labels)
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in bundle.models}
     for start in range(0, len(features_list), batch_size):
-        x1, x2 = batch_inputs(features_list[start : start + batch_size], settings, normalizer)
-        inputs = {"cnn1d": x1, "cnn2d": x2}
+        chunk = features_list[start : start + batch_size]
         for name, model in bundle.models.items():
-            # One compiled call per chunk: model.predict() per clip costs ~100 ms of overhead.
-            outputs[name].append(np.asarray(model.predict_on_batch(inputs[name])))
+            # One compiled call per chunk: model.predict() pays its set-up cost on every call.
+            x = CNN_MEMBERS[name].inputs(chunk, settings, normalizer)
+            outputs[name].append(np.asarray(model.predict_on_batch(x)))
     probabilities = {
         name: np.concatenate(chunks) if chunks else np.zeros((0, n_classes), np.float32)
         for name, chunks in outputs.items()

@@ -1,9 +1,8 @@
 """The study's four waveform augmentations, seeded and length-preserving.
 
 Every function draws all its randomness from the caller's Generator, so one seed reproduces a
-whole augmented training set. Cost per 3 s clip at 16 kHz on one CPU core: noise and shift well
-under 1 ms, stretch ~7 ms, pitch ~9 ms (the phase vocoder dominates; librosa's resampler choice,
-soxr_hq by default, makes no measurable difference).
+whole augmented training set. Pitch and stretch run librosa's phase vocoder and cost far more
+than noise and shift (docs/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -69,6 +69,16 @@ class FeatureSettings:
     def input_length_1d(self) -> int:
         return 2 * self.seq_frames
 
+    @property
+    def input_shape_1d(self) -> tuple[int, int]:
+        """One clip's input to the 1D network: zcr then energy, one channel."""
+        return (self.input_length_1d, 1)
+
+    @property
+    def input_shape_2d(self) -> tuple[int, int, int]:
+        """One clip's input to the 2D network: a log-mel window, one channel."""
+        return (self.n_mels, self.mel_frames, 1)
+
     def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
@@ -288,14 +298,31 @@ def input_2d(
     return out
 
 
+def inputs_1d(
+    features_list: Sequence[ClipFeatures], settings: FeatureSettings, normalizer: Normalizer
+) -> np.ndarray:
+    """input_1d of every clip, stacked: (N, 2 * seq_frames, 1)."""
+    x = np.empty((len(features_list), *settings.input_shape_1d), dtype=np.float32)
+    for i, features in enumerate(features_list):
+        x[i] = input_1d(features, settings, normalizer)
+    return x
+
+
+def inputs_2d(
+    features_list: Sequence[ClipFeatures], settings: FeatureSettings, normalizer: Normalizer
+) -> np.ndarray:
+    """input_2d of every clip (centred windows), stacked: (N, n_mels, mel_frames, 1)."""
+    x = np.empty((len(features_list), *settings.input_shape_2d), dtype=np.float32)
+    for i, features in enumerate(features_list):
+        x[i] = input_2d(features, settings, normalizer)
+    return x
+
+
 def batch_inputs(
     features_list: Sequence[ClipFeatures], settings: FeatureSettings, normalizer: Normalizer
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked model inputs: x1 (N, 2 * seq_frames, 1) and x2 (N, n_mels, mel_frames, 1)."""
-    n = len(features_list)
-    x1 = np.empty((n, settings.input_length_1d, 1), dtype=np.float32)
-    x2 = np.empty((n, settings.n_mels, settings.mel_frames, 1), dtype=np.float32)
-    for i, features in enumerate(features_list):
-        x1[i] = input_1d(features, settings, normalizer)
-        x2[i] = input_2d(features, settings, normalizer)
-    return x1, x2
+    """Stacked inputs of both networks: (inputs_1d, inputs_2d)."""
+    return (
+        inputs_1d(features_list, settings, normalizer),
+        inputs_2d(features_list, settings, normalizer),
+    )

@@ -9,7 +9,17 @@ from __future__ import annotations
 import keras
 
 from ser_worker.features.study import FeatureSettings
-from ser_worker.labels import EMOTIONS
+from ser_worker.labels import CNN1D, CNN2D, EMOTIONS, MODEL_NAMES
+from ser_worker.models.registry import input_shape
+
+__all__ = [
+    "build_cnn1d",
+    "build_cnn2d",
+    "build_model",
+    "build_models",
+    "compile_model",
+    "input_shape",  # re-exported from models.registry for the callers that build a model
+]
 
 FILTERS = (64, 128, 256, 512)
 DENSE_UNITS = 128
@@ -27,7 +37,7 @@ def build_cnn1d(
 ) -> keras.Model:
     """Four Conv1D blocks over the (input_length, 1) feature sequence: 587,526 parameters."""
     if input_length is None:
-        input_length = FeatureSettings().seq_frames * 2
+        input_length = FeatureSettings().input_length_1d
     inputs = keras.Input(shape=(input_length, 1), name="sequence")
     x = inputs
     for filters in FILTERS:
@@ -35,7 +45,7 @@ def build_cnn1d(
         x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.MaxPooling1D(2)(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
-    return keras.Model(inputs, _head(x, n_classes), name="cnn1d")
+    return keras.Model(inputs, _head(x, n_classes), name=CNN1D)
 
 
 def build_cnn2d(
@@ -60,7 +70,7 @@ def build_cnn2d(
         x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.MaxPooling2D((2, 2))(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, _head(x, n_classes), name="cnn2d")
+    return keras.Model(inputs, _head(x, n_classes), name=CNN2D)
 
 
 def _head(x, n_classes: int):
@@ -73,28 +83,23 @@ def _head(x, n_classes: int):
     )(x)
 
 
-def build_model(name: str, input_shape: tuple[int, ...]) -> keras.Model:
+_BUILDERS = {
+    CNN1D: lambda shape: build_cnn1d(input_length=shape[0]),
+    CNN2D: lambda shape: build_cnn2d(n_mels=shape[0], n_frames=shape[1]),
+}
+
+
+def build_model(name: str, shape: tuple[int, ...]) -> keras.Model:
     """Rebuild a model by name for an input shape without the batch axis (bundle loading)."""
-    if name == "cnn1d":
-        return build_cnn1d(input_length=input_shape[0])
-    if name == "cnn2d":
-        return build_cnn2d(n_mels=input_shape[0], n_frames=input_shape[1])
-    raise ValueError(f"unknown model {name!r}; expected 'cnn1d' or 'cnn2d'")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+    return _BUILDERS[name](shape)
 
 
 def build_models(
     names: tuple[str, ...] | list[str], settings: FeatureSettings
 ) -> dict[str, keras.Model]:
     return {name: build_model(name, input_shape(name, settings)) for name in names}
-
-
-def input_shape(name: str, settings: FeatureSettings) -> tuple[int, ...]:
-    """The per-clip input shape a model takes under the given feature settings."""
-    if name == "cnn1d":
-        return (settings.seq_frames * 2, 1)
-    if name == "cnn2d":
-        return (settings.n_mels, settings.mel_frames, 1)
-    raise ValueError(f"unknown model {name!r}; expected 'cnn1d' or 'cnn2d'")
 
 
 def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:

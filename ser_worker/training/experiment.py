@@ -18,10 +18,13 @@ from ser_worker.bundle.predict import (
     predict_probabilities,
 )
 from ser_worker.datasets import LabelledClip, Split
+from ser_worker.evaluation.ensemble import mix
 from ser_worker.evaluation.metrics import choose_share, evaluate
 from ser_worker.features.study import ClipFeatures
 from ser_worker.labels import EMOTIONS, ENCODER
-from ser_worker.training.fit import TrainConfig, augmented_copies, extract_all, train_on_features
+from ser_worker.training.cache import augmented_copies, extract_all
+from ser_worker.training.config import TrainConfig
+from ser_worker.training.fit import train_on_features
 
 
 def evaluate_bundle(
@@ -121,7 +124,7 @@ def add_encoder(
     """
     labels = [clip.emotion for clip in clips]
     if {labels[i] for i in split.train} != set(EMOTIONS):
-        return bundle, bundle.manifest["metrics"]
+        return bundle, bundle.manifest.metrics
     from ser_worker.models.encoder import fit_linear_head
 
     vectors = embed(untrimmed)
@@ -132,7 +135,7 @@ def add_encoder(
     share = choose_share(
         [labels[i] for i in val],
         head.probabilities(vectors[val]),
-        sum(weight * cnn_val[name] for name, weight in cnn_weights.items()),
+        mix(cnn_val, cnn_weights),
     )
     weights = {ENCODER: share} | {
         name: round((1 - share) * weight, 6) for name, weight in cnn_weights.items()
@@ -144,7 +147,7 @@ def add_encoder(
         [labels[i] for i in test],
         encoder_vectors=vectors[test],
     )
-    with_head.manifest["metrics"] = metrics
+    with_head.manifest.metrics = metrics
     return with_head, metrics
 
 
@@ -202,5 +205,5 @@ def train_and_evaluate_features(
     metrics = evaluate_features(bundle, test_x, test_y)
     # Measured with the finished bundle, so added after its version (a hash of the weights and
     # the training manifest) is fixed.
-    bundle.manifest["metrics"] = metrics
+    bundle.manifest.metrics = metrics
     return bundle, metrics

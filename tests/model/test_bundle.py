@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import re
@@ -21,12 +22,15 @@ from ser_worker.bundle import (
     make_version,
     read_manifest,
     save_bundle,
+    shipped_bundle_bytes,
+    verify_bundle_bytes,
 )
+from ser_worker.bundle.manifest import Preprocessing
 from ser_worker.bundle.predict import predict_probabilities
 from ser_worker.features.study import FeatureSettings, fit_normalizer
 from ser_worker.labels import EMOTIONS
 from ser_worker.models.cnn import build_model, compile_model, input_shape
-from ser_worker.training.fit import extract_all
+from ser_worker.training.cache import extract_all
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -74,7 +78,7 @@ def bundle_file(bundle, tmp_path_factory) -> Path:
 
 
 def test_manifest_contents(bundle):
-    m = bundle.manifest
+    m = bundle.manifest.to_dict()
     assert m["format"] == FORMAT
     assert re.fullmatch(r"20250102T030405Z-[0-9a-f]{8}", m["version"])
     assert m["created_at"] == "2025-01-02T03:04:05+00:00"
@@ -86,6 +90,11 @@ def test_manifest_contents(bundle):
     assert set(m["normalizer"]) >= {"mel_mean", "mel_std", "zcr_mean"}
     assert m["licences"] and m["training_data"]["clips"] == 12
     assert m["code_version"]["ser"] == "0.1.0"
+    assert m["preprocessing"] == {
+        "sample_rate": 16_000,
+        "cnn": {"trim": True, "trim_top_db": 60.0},
+        "encoder": {"trim": False},
+    }
     json.dumps(m)  # the manifest must be plain JSON
 
 
@@ -132,14 +141,14 @@ def test_bundle_holds_weights_only(bundle_file):
 def test_read_manifest_does_not_import_keras(bundle_file):
     code = (
         "import sys; from ser_worker.bundle import read_manifest;"
-        f"m = read_manifest({str(bundle_file)!r}); print(m['version']);"
+        f"m = read_manifest({str(bundle_file)!r}); print(m.version);"
         "print([name for name in ('keras', 'tensorflow') if name in sys.modules])"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     version, imported = result.stdout.strip().splitlines()
-    assert version == read_manifest(bundle_file)["version"]
+    assert version == read_manifest(bundle_file).version
     assert imported == "[]"
 
 
@@ -215,7 +224,7 @@ def test_wrong_format_raises(bundle_file):
 
 
 def test_shape_mismatch_raises(bundle, bundle_file):
-    models = json.loads(json.dumps(bundle.manifest["models"]))
+    models = bundle.manifest.to_dict()["models"]
     models["cnn1d"]["input_shape"] = [400, 1]
     with pytest.raises(BundleError, match="cnn1d"):
         load_bundle(_rewrite(bundle_file, manifest_patch={"models": models}))
@@ -245,7 +254,7 @@ def test_save_is_atomic_and_overwrites(bundle, tmp_path):
     save_bundle(bundle, path)
     save_bundle(bundle, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["b.zip"]
-    assert read_manifest(path)["version"] == bundle.version
+    assert read_manifest(path).version == bundle.version
 
 
 def small_head(seed: int = 0, layers: tuple[int, ...] | None = None):
@@ -278,7 +287,7 @@ def test_encoder_head_round_trips_and_joins_the_ensemble(bundle, encoder_bundle,
     from ser_worker.models.encoder import LAYERS, MODEL_SHA256, embedding_size
 
     assert encoder_bundle.members == ("cnn1d", "cnn2d", "encoder")
-    assert encoder_bundle.manifest["encoder"]["weights_sha256"] == MODEL_SHA256
+    assert encoder_bundle.manifest.encoder.weights_sha256 == MODEL_SHA256
     assert encoder_bundle.encoder_layers == LAYERS
     assert encoder_bundle.version != bundle.version
     loaded = load_bundle(bundle_bytes(encoder_bundle))
@@ -302,7 +311,8 @@ def test_encoder_bundle_checks_its_weights_and_head(encoder_bundle, tmp_path):
     path = save_bundle(encoder_bundle, tmp_path / "encoder.zip")
     with pytest.raises(BundleError, match="ensemble_weights"):
         read_manifest(_rewrite(path, manifest_patch={"ensemble_weights": {"cnn1d": 1, "cnn2d": 1}}))
-    other_weights = {**encoder_bundle.manifest["encoder"], "weights_sha256": "0" * 64}
+    entry = encoder_bundle.manifest.to_dict()["encoder"]
+    other_weights = {**entry, "weights_sha256": "0" * 64}
     with pytest.raises(BundleError, match="other encoder weights"):
         load_bundle(_rewrite(path, manifest_patch={"encoder": other_weights}))
     out = io.BytesIO()
@@ -311,7 +321,7 @@ def test_encoder_bundle_checks_its_weights_and_head(encoder_bundle, tmp_path):
             new.writestr(name, b"not an npz" if name == "encoder_head.npz" else old.read(name))
     with pytest.raises(BundleError, match="encoder head is corrupt"):
         load_bundle(out.getvalue())
-    other_layers = {**encoder_bundle.manifest["encoder"], "layers": [2, 6]}
+    other_layers = {**entry, "layers": [2, 6]}
     with pytest.raises(BundleError, match=r"vectors of encoder layers \[6\]"):
         load_bundle(_rewrite(path, manifest_patch={"encoder": {**other_layers, "layers": [6]}}))
     with pytest.raises(BundleError, match="layers are not usable"):
@@ -336,7 +346,45 @@ def test_a_head_on_the_last_block_alone_still_loads(bundle, tmp_path):
         encoder_layers=(6,),
     )
     path = save_bundle(made, tmp_path / "old.zip")
-    entry = {k: v for k, v in made.manifest["encoder"].items() if k != "layers"}
+    entry = {k: v for k, v in made.manifest.to_dict()["encoder"].items() if k != "layers"}
     loaded = load_bundle(_rewrite(path, manifest_patch={"encoder": entry}))
     assert loaded.encoder_layers == (6,)
     np.testing.assert_array_equal(loaded.encoder_head.coef, old_head.coef)
+
+
+def test_verify_bundle_bytes_checks_checksum_manifest_and_crcs(bundle_file):
+    data = bundle_file.read_bytes()
+    verify_bundle_bytes(data, hashlib.sha256(data).hexdigest())
+    with pytest.raises(BundleError, match="missing"):
+        verify_bundle_bytes(None, hashlib.sha256(data).hexdigest())
+    with pytest.raises(BundleError, match="checksum"):
+        verify_bundle_bytes(data, hashlib.sha256(b"other").hexdigest())
+    with zipfile.ZipFile(bundle_file) as archive:
+        start = archive.getinfo("cnn2d.weights.h5").header_offset + 200
+    flipped = data[:start] + bytes(b ^ 0xFF for b in data[start : start + 64]) + data[start + 64 :]
+    with pytest.raises(BundleError, match="corrupt"):
+        verify_bundle_bytes(flipped, hashlib.sha256(flipped).hexdigest())
+    patched = _rewrite(bundle_file, manifest_patch={"format": "ser-bundle/99"})
+    with pytest.raises(BundleError, match="format"):
+        verify_bundle_bytes(patched, hashlib.sha256(patched).hexdigest())
+
+
+def test_the_shipped_manifest_round_trips_byte_for_byte():
+    data = shipped_bundle_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        stored = archive.read("manifest.json")
+    manifest = read_manifest(data)
+    assert json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode() == stored
+    assert manifest.encoder.layers == [3, 6] and manifest.members == ("cnn1d", "cnn2d", "encoder")
+    # Stored before preprocessing was recorded: the defaults are what it was trained with.
+    assert manifest.preprocessing is None
+    assert manifest.member_preprocessing == Preprocessing()
+    assert manifest.member_preprocessing.cnn.trim and not manifest.member_preprocessing.encoder.trim
+
+
+def test_unknown_manifest_keys_are_kept(bundle_file):
+    extra = {"future": {"numbers": [1, 2.5], "flag": None}}
+    patched = _rewrite(bundle_file, manifest_patch=extra)
+    assert read_manifest(patched).to_dict()["future"] == extra["future"]
+    rewritten = read_manifest(bundle_bytes(load_bundle(patched)))
+    assert rewritten.to_dict() == read_manifest(patched).to_dict()

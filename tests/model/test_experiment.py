@@ -10,9 +10,10 @@ from ser_worker.bundle import Bundle, bundle_bytes, create_bundle, load_bundle
 from ser_worker.datasets import Split, load_dataset
 from ser_worker.features.study import FeatureSettings, fit_normalizer
 from ser_worker.labels import EMOTIONS
-from ser_worker.models.cnn import build_model, input_shape
+from ser_worker.models.cnn import build_model
+from ser_worker.models.registry import input_shape
+from ser_worker.training.cache import extract_all
 from ser_worker.training.experiment import add_encoder
-from ser_worker.training.fit import extract_all
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -61,10 +62,9 @@ def test_the_head_learns_the_training_side_and_joins_the_ensemble(corpus, cnn_bu
     assert weights["cnn2d"] / weights["cnn1d"] == pytest.approx(0.6 / 0.4)
     assert metrics["encoder"]["accuracy"] == 1.0
     assert set(metrics) == {"cnn1d", "cnn2d", "encoder", "ensemble"}
-    assert bundle.manifest["metrics"] == metrics
+    assert bundle.manifest.metrics == metrics
     assert any(
-        licence.startswith("Speech encoder: Whisper base")
-        for licence in bundle.manifest["licences"]
+        licence.startswith("Speech encoder: Whisper base") for licence in bundle.manifest.licences
     )
     assert load_bundle(bundle_bytes(bundle)).encoder_head is not None
 

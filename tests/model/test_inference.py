@@ -3,13 +3,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ser_worker.audio import load_audio
-from ser_worker.bundle import Bundle, create_bundle
-from ser_worker.bundle.predict import Prediction, predict, predict_features
+from ser_worker.audio import TooShortError, load_audio
+from ser_worker.bundle import Bundle, MemberPrediction, create_bundle
+from ser_worker.bundle.predict import predict, predict_features
 from ser_worker.features.study import FeatureSettings, batch_inputs, fit_normalizer
-from ser_worker.labels import EMOTIONS
+from ser_worker.labels import EMOTIONS, SAMPLE_RATE
 from ser_worker.models.cnn import build_model, compile_model, input_shape
-from ser_worker.training.fit import extract_all
+from ser_worker.training.cache import extract_all
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -37,7 +37,7 @@ def bundle(clips) -> Bundle:
 
 
 def test_prediction_from_probabilities():
-    p = Prediction.from_probabilities(np.array([0.1, 0.2, 0.3, 0.1, 0.2, 0.1], np.float32))
+    p = MemberPrediction.from_probabilities(np.array([0.1, 0.2, 0.3, 0.1, 0.2, 0.1], np.float32))
     assert p.emotion == "FEA"
     assert p.confidence == pytest.approx(0.3)
     assert list(p.probabilities) == list(EMOTIONS)
@@ -65,7 +65,7 @@ def test_predict_shapes_and_ensemble(bundle, clips):
 
 def test_ensemble_follows_the_bundle_weights(bundle, clips):
     weighted = Bundle(
-        manifest={**bundle.manifest, "ensemble_weights": {"cnn1d": 0.2, "cnn2d": 0.8}},
+        manifest={**bundle.manifest.to_dict(), "ensemble_weights": {"cnn1d": 0.2, "cnn2d": 0.8}},
         models=bundle.models,
     )
     for clip in predict(weighted, clips[:4]):
@@ -179,3 +179,59 @@ def test_encoder_head_reads_the_untrimmed_clips_and_joins_the_ensemble(bundle):
         )
         for a, b in zip(results, on_trimmed, strict=True)
     )
+
+
+def test_prepare_trims_for_the_cnns_and_not_for_the_encoder(bundle):
+    from ser_worker.audio import trim_silence
+
+    y = load_audio(sorted(DATA.rglob("*.flac"))[0], trim=False)
+    clip = bundle.prepare(y, SAMPLE_RATE)
+    np.testing.assert_array_equal(clip.cnn, trim_silence(y))
+    np.testing.assert_array_equal(clip.encoder, y)
+    assert clip.duration_s == len(clip.cnn) / SAMPLE_RATE < len(y) / SAMPLE_RATE
+    # The manifest's threshold is the one applied: a lower one cuts more.
+    manifest = bundle.manifest.to_dict()
+    manifest["preprocessing"] = {"cnn": {"trim": True, "trim_top_db": 20}}
+    stricter = Bundle(manifest=manifest, models=bundle.models).prepare(y, SAMPLE_RATE)
+    assert len(stricter.cnn) < len(clip.cnn)
+
+
+def test_prepare_resamples_and_rejects_short_clips(bundle):
+    import soxr
+
+    y = load_audio(sorted(DATA.rglob("*.flac"))[0], trim=False)
+    clip = bundle.prepare(soxr.resample(y, SAMPLE_RATE, 44_100, quality="HQ"), 44_100)
+    assert abs(len(clip.encoder) - len(y)) <= 1
+    blip = 0.5 * np.sin(np.arange(800) * 0.3)
+    with pytest.raises(TooShortError, match="after trimming"):
+        bundle.prepare(np.concatenate([np.zeros(8000), blip, np.zeros(8000)]), SAMPLE_RATE)
+    with pytest.raises(TooShortError):
+        bundle.prepare(y[:1000], SAMPLE_RATE)
+    with pytest.raises(ValueError, match="mono"):
+        bundle.prepare(np.stack([y, y]), SAMPLE_RATE)
+
+
+def test_bundle_predict_is_prepare_then_predict_prepared(bundle):
+    paths = sorted(DATA.rglob("*.flac"))[:4]
+    untrimmed = [load_audio(p, trim=False) for p in paths]
+    trimmed = [load_audio(p) for p in paths]
+    results = bundle.predict(untrimmed, SAMPLE_RATE)
+    assert results == predict(bundle, trimmed, untrimmed=untrimmed)
+    prepared = [bundle.prepare(y, SAMPLE_RATE) for y in untrimmed]
+    assert bundle.predict_prepared(prepared, batch_size=3) == predict(
+        bundle, trimmed, untrimmed=untrimmed, batch_size=3
+    )
+    assert bundle.predict([], SAMPLE_RATE) == []
+
+
+def test_the_ensemble_rule():
+    from ser_worker.evaluation.ensemble import mix, normalised_weights
+
+    assert normalised_weights(None, ["cnn1d", "cnn2d"]) == {"cnn1d": 0.5, "cnn2d": 0.5}
+    assert normalised_weights({"a": 1, "b": 3}, ["a", "b"]) == {"a": 0.25, "b": 0.75}
+    for bad in ({"a": 1}, {"a": 0, "b": 0}):
+        with pytest.raises(ValueError):
+            normalised_weights(bad, ["a", "b"])
+    p = {"a": np.array([[1.0, 0.0]]), "b": np.array([[0.0, 1.0]]), "unused": np.ones((1, 2))}
+    np.testing.assert_allclose(mix(p, {"a": 1, "b": 3}), [[0.25, 0.75]])
+    np.testing.assert_allclose(mix({"a": p["a"][0]}, {"a": 2.0}), [1.0, 0.0])

@@ -8,8 +8,8 @@ from ser_worker.models.cnn import (
     build_cnn2d,
     build_model,
     compile_model,
-    input_shape,
 )
+from ser_worker.models.registry import input_shape
 
 
 def test_cnn1d_architecture():

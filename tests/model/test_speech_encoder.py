@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 
 from ser_worker.audio import load_audio
-from ser_worker.labels import EMOTIONS
-from ser_worker.models import encoder as speech_encoder
+from ser_worker.labels import EMOTIONS, SAMPLE_RATE
 from ser_worker.models.encoder import (
     HOP,
     LAYERS,
-    SAMPLE_RATE,
     WINDOW_FRAMES,
     EncoderUnavailable,
     LinearHead,
@@ -20,6 +18,7 @@ from ser_worker.models.encoder import (
     fit_linear_head,
     load_encoder,
     pool,
+    weights,
     whisper_log_mel,
 )
 
@@ -93,15 +92,15 @@ def test_linear_head_needs_every_class():
 
 
 def test_weights_that_are_not_the_pinned_ones_are_refused(monkeypatch):
-    monkeypatch.setattr(speech_encoder, "MODEL_SHA256", "0" * 64)
+    monkeypatch.setattr(weights, "MODEL_SHA256", "0" * 64)
     with pytest.raises(EncoderUnavailable, match="not the pinned"):
-        speech_encoder.verified_weight_parts()
+        weights.verified_weight_parts()
 
 
 def test_missing_weight_packages_say_how_to_install_them(monkeypatch):
-    monkeypatch.setattr(speech_encoder, "WEIGHT_PARTS", (("ser_no_such_package", "x"),))
+    monkeypatch.setattr(weights, "WEIGHT_PARTS", (("ser_no_such_package", "x"),))
     with pytest.raises(EncoderUnavailable, match="reinstall ser"):
-        speech_encoder.verified_weight_parts()
+        weights.verified_weight_parts()
 
 
 def test_real_clips_embed_the_same_alone_or_in_a_batch(real_clips):
@@ -117,11 +116,11 @@ def test_real_clips_embed_the_same_alone_or_in_a_batch(real_clips):
 
 
 def test_a_cut_model_file_keeps_everything_but_the_blocks_never_run():
-    parts = speech_encoder.verified_weight_parts()
-    with speech_encoder._open_weights(parts) as whole:
-        full = [what for what, _ in speech_encoder._model_records(whole)]
-    cut_stream = speech_encoder.model_files(parts, 3)["model.bin"]
-    cut_records = dict(speech_encoder._model_records(cut_stream))
+    parts = weights.verified_weight_parts()
+    with weights._open_weights(parts) as whole:
+        full = [what for what, _ in weights._model_records(whole)]
+    cut_stream = weights.model_files(parts, 3)["model.bin"]
+    cut_records = dict(weights._model_records(cut_stream))
     cut = list(cut_records)
     never_run = [f"variable encoder/layer_{block}/" for block in (3, 4, 5)] + [
         f"variable decoder/layer_{block}/" for block in (1, 2, 3, 4, 5)
@@ -167,7 +166,7 @@ def test_first_rows_cuts_a_variable_record_and_keeps_its_type():
         + struct.pack("<I", matrix.nbytes)
         + matrix.tobytes()
     )
-    cut = speech_encoder._first_rows(record, 1)
+    cut = weights._first_rows(record, 1)
     assert cut == (
         struct.pack("<H", len(name))
         + name

@@ -12,20 +12,21 @@ from ser_worker.features.study import (
     input_2d,
 )
 from ser_worker.labels import EMOTIONS
-from ser_worker.training.fit import (
+from ser_worker.training.batches import (
     FREQ_MASK_MAX_FRACTION,
     FREQ_MASKS,
     TIME_MASK_MAX_FRACTION,
     TIME_MASKS,
-    TrainConfig,
     TrainingBatches,
+)
+from ser_worker.training.cache import (
     balanced_class_weights,
     build_cache,
     extract_all,
     label_indices,
-    train,
-    train_on_features,
 )
+from ser_worker.training.config import TrainConfig
+from ser_worker.training.fit import train, train_on_features
 
 SMALL = FeatureSettings(n_mels=32, mel_frames=32, seq_frames=50)
 

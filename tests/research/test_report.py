@@ -1,4 +1,5 @@
-"""The pure parts of research/report.py: protocol splits and the tables rendered from results."""
+"""The pure parts of the report: protocol splits (research.protocols), the tables rendered from
+results (research.tables) and the helpers they share (research.common)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research import report
+from research import common, protocols, tables
 from ser_worker.datasets import LabelledClip, tess_thinned_out
 from ser_worker.evaluation.metrics import choose_cnn2d_weight, ensemble_macro_f1, evaluate
 from ser_worker.labels import EMOTIONS
@@ -34,7 +35,7 @@ def test_thinning_keeps_every_nth_clip_of_each_speaker_and_emotion():
 
 def test_tess_transfer_trains_on_one_thinned_speaker_and_tests_on_all_of_the_other():
     clips = _tess(per_class=10)
-    runs = list(report.experiments("speaker-tess", [], clips, [], seed=0, tess_every=2))
+    runs = list(protocols.experiments("speaker-tess", [], clips, [], seed=0, tess_every=2))
     assert [name for name, _, _ in runs] == ["speaker-tess-OAF-to-YAF", "speaker-tess-YAF-to-OAF"]
     for name, run_clips, split in runs:
         trained, tested = name.split("-")[2], name.split("-")[4]
@@ -59,9 +60,11 @@ def _ravdess(actors: int = 10, per_class: int = 2) -> list[LabelledClip]:
 
 def test_with_tess_keeps_the_actor_folds_and_only_trains_on_tess():
     ravdess, tess = _ravdess(), _tess(per_class=4)
-    plain = list(report.experiments("speaker-ravdess", ravdess, tess, [0, 1], seed=3))
+    plain = list(protocols.experiments("speaker-ravdess", ravdess, tess, [0, 1], seed=3))
     with_tess = list(
-        report.experiments("speaker-ravdess-with-tess", ravdess, tess, [0, 1], seed=3, tess_every=2)
+        protocols.experiments(
+            "speaker-ravdess-with-tess", ravdess, tess, [0, 1], seed=3, tess_every=2
+        )
     )
     assert [name for name, _, _ in with_tess] == [
         "speaker-ravdess-with-tess-fold0",
@@ -86,7 +89,7 @@ def _result(experiment: str, protocol: str, recipe: str, right: int, seed: int =
         "recipe": recipe,
         "seed": seed,
         "split": {"sizes": {"train": 100, "val": 10, "test": 12}},
-        "metrics": {model: metrics for model in report.MODELS},
+        "metrics": {model: metrics for model in protocols.MODELS},
         "epochs_run": {"cnn1d": 5, "cnn2d": 7},
         "best_epoch": {"cnn1d": 2, "cnn2d": 4},
         "machine": "test machine",
@@ -102,7 +105,7 @@ def test_tables_aggregate_folds_and_say_what_was_not_run():
         _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12),
         _result("speaker-ravdess-fold1", "speaker-ravdess", "ours", right=12),
     ]
-    summary = report.summary_table(results)
+    summary = tables.summary_table(results)
     assert "| speaker-ravdess | ours | ensemble | 1.000 ± 0.000 (n=2) | 1.000 ± 0.000 (n=2) |" in (
         summary
     )
@@ -112,12 +115,12 @@ def test_tables_aggregate_folds_and_say_what_was_not_run():
     assert "ours-cmn" not in summary  # an experimental recipe appears only where it was run
 
     # Summed over folds: 24 test clips, every miss of the study recipe went to NEU.
-    confusions = report.confusion_table(results)
+    confusions = tables.confusion_table(results)
     assert "| speaker-ravdess | study | cnn1d | 24 | HAP→NEU: 4 (100%), SAD→NEU: 4 (100%)" in (
         confusions
     )
-    assert "| speaker-ravdess-fold0 | ours | 0 | 100 / 10 / 12 |" in report.runs_table(results)
-    assert "| 5/7 (2/4) |" in report.runs_table(results)
+    assert "| speaker-ravdess-fold0 | ours | 0 | 100 / 10 / 12 |" in tables.runs_table(results)
+    assert "| 5/7 (2/4) |" in tables.runs_table(results)
 
 
 def test_targets_compare_recipes_on_the_same_folds_and_seeds():
@@ -129,7 +132,7 @@ def test_targets_compare_recipes_on_the_same_folds_and_seeds():
         _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12, seed=1),
         _result("speaker-ravdess-with-tess-fold0", "speaker-ravdess-with-tess", "ours", right=8),
     ]
-    lines = report.target_check(results).splitlines()
+    lines = tables.target_check(results).splitlines()
     study = (
         results[0]["metrics"]["ensemble"]["macro_f1"]
         + results[1]["metrics"]["ensemble"]["macro_f1"]
@@ -146,7 +149,7 @@ def test_targets_compare_recipes_on_the_same_folds_and_seeds():
 
 def test_target_check_needs_folds_run_with_both_recipes():
     ours_only = [_result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12)]
-    assert report.target_check(ours_only).startswith("Targets: no speaker-ravdess folds")
+    assert tables.target_check(ours_only).startswith("Targets: no speaker-ravdess folds")
 
 
 def _side(right_1d: bool, right_2d: bool) -> dict:
@@ -173,7 +176,20 @@ def test_ensemble_weight_is_chosen_on_validation_and_scored_on_test():
 
     run = _result("speaker-ravdess-fold0", "speaker-ravdess", "ours", right=12)
     run["probabilities"] = {"val": val, "test": test}
-    table = report.validation_table([run])
+    table = tables.validation_table([run])
     # On validation the surer cnn2d says NEU alone and still wins the equal-weight average.
     assert "| speaker-ravdess | ours | 1 | 0.048 | 0.048 | 0.400 | 1.000 | 1.000 | 0.048 |" in table
-    assert report.validation_table([]).startswith("No run")
+    assert tables.validation_table([]).startswith("No run")
+
+
+def test_cells_and_report_sections():
+    assert common.cell([]) == "not run"
+    assert common.cell([0.5]) == "0.500"
+    assert common.cell([0.4, 0.6]) == "0.500 ± 0.141 (n=2)"
+    text = "head\n<!-- t -->\nold\n<!-- t -->\ntail"
+    assert common.replace_between(text, "<!-- t -->", "new") == (
+        "head\n<!-- t -->\nnew\n<!-- t -->\ntail"
+    )
+    assert common.run_file("speaker-ravdess-fold0", "ours", 3) == (
+        "speaker-ravdess-fold0--ours--seed3.json"
+    )

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from ser_worker.features.study import (
     log_mel,
     zero_crossing_rate,
 )
+from ser_worker.labels import CNN1D, CNN2D, MODEL_NAMES
+from ser_worker.models.registry import CNN_MEMBERS, input_shape
 
 S = FeatureSettings()
 
@@ -265,6 +269,28 @@ def test_batch_inputs_stack_the_single_inputs(norm: Normalizer) -> None:
         np.testing.assert_array_equal(x2[i], input_2d(f, S, norm))
     e1, e2 = batch_inputs([], S, norm)
     assert e1.shape == (0, 800, 1) and e2.shape == (0, 128, S.mel_frames, 1)
+
+
+def test_registry_members_are_the_model_names_and_stack_their_inputs(norm: Normalizer) -> None:
+    settings = FeatureSettings(mel_frames=48, seq_frames=100)
+    assert tuple(CNN_MEMBERS) == MODEL_NAMES
+    assert input_shape(CNN1D, settings) == (200, 1)
+    assert input_shape(CNN2D, settings) == (128, 48, 1)
+    with pytest.raises(ValueError, match="unknown model"):
+        input_shape("rnn", settings)
+    clips = [synthetic_features(n, seed) for seed, n in enumerate([20, S.mel_frames, 500])]
+    x1, x2 = batch_inputs(clips, S, norm)
+    np.testing.assert_array_equal(CNN_MEMBERS[CNN1D].inputs(clips, S, norm), x1)
+    np.testing.assert_array_equal(CNN_MEMBERS[CNN2D].inputs(clips, S, norm), x2)
+    for name, spec in CNN_MEMBERS.items():
+        assert spec.name == name
+        assert spec.inputs(clips, S, norm).shape[1:] == spec.input_shape(S)
+
+
+def test_registry_imports_no_model_library() -> None:
+    code = "import sys, ser_worker.models.registry; print('keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_real_clips_end_to_end(real_clips: list[Path]) -> None:

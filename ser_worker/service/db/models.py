@@ -84,6 +84,8 @@ class Submission(Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     force: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set once every clip was handed to the queue; NULL = the CLI stopped before (recoverable).
+    enqueued_at: Mapped[datetime | None]
 
     items: Mapped[list["SubmissionItem"]] = relationship(back_populates="submission")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -116,7 +118,7 @@ class Prediction(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(ForeignKey("audio_blobs.sha256"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    model: Mapped[str] = mapped_column(String(16))  # "cnn1d", "cnn2d" or "ensemble"
+    model: Mapped[str] = mapped_column(String(16))  # one of labels.RESULT_MODELS
     emotion: Mapped[str] = mapped_column(String(3))
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]

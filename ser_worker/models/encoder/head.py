@@ -1,0 +1,82 @@
+"""The linear head that reads the encoder's pooled vectors: a multinomial logistic regression,
+fitted with scikit-learn and stored as plain arrays."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """Multinomial logistic regression on standardised embeddings, as plain arrays (an .npz,
+    never a pickle)."""
+
+    labels: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        logits = ((embeddings - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            labels=np.array(self.labels),
+            mean=self.mean,
+            scale=self.scale,
+            coef=self.coef,
+            intercept=self.intercept,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LinearHead:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(
+                tuple(str(label) for label in z["labels"]),
+                z["mean"],
+                z["scale"],
+                z["coef"],
+                z["intercept"],
+            )
+
+
+def fit_linear_head(
+    embeddings: np.ndarray,
+    labels: Sequence[str],
+    classes: Sequence[str],
+    *,
+    strength: float = 0.1,
+) -> LinearHead:
+    """Fit the head; classes weighted by inverse frequency (RAVDESS has half as many NEU).
+
+    `strength` is scikit-learn's C: 0.01, 0.1 and 1 scored within half a point of each other
+    on the validation actors of the speaker-independent folds; 0.1 scored highest.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    mean = embeddings.mean(axis=0)
+    scale = embeddings.std(axis=0)
+    scale[scale == 0] = 1.0
+    y = np.array([list(classes).index(label) for label in labels])
+    model = LogisticRegression(C=strength, max_iter=3000, class_weight="balanced")
+    model.fit((embeddings - mean) / scale, y)
+    if len(model.classes_) != len(classes):
+        raise ValueError("every class needs training clips")
+    return LinearHead(
+        tuple(classes),
+        mean.astype(np.float32),
+        scale.astype(np.float32),
+        model.coef_.astype(np.float32),
+        model.intercept_.astype(np.float32),
+    )
