@@ -64,7 +64,7 @@ def corpora(data: Path) -> tuple[list, list]:
 
 def embed(args: argparse.Namespace) -> None:
     from ser_worker.audio import load_audio
-    from ser_worker.bundle.predict import embed as embed_clips
+    from ser_worker.bundle.core import embed as embed_clips
 
     layers = check_layers(args.layers or LAYERS)
 

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
 
 def side_probabilities(bundle, features: list, labels: list[str]) -> dict:
     """Each model's softmax outputs per clip, so ensembles can be studied without retraining."""
-    from ser_worker.bundle.predict import predict_probabilities
+    from ser_worker.bundle.core import predict_probabilities
 
     outputs = predict_probabilities(bundle, features)
     return {

@@ -44,8 +44,8 @@ from research.common import DATA, REPO
 from research.default_model import RECORD, DefaultModelRecipe, RecipeError
 from ser_worker.audio import load_audio
 from ser_worker.bundle import load_bundle, save_bundle, with_encoder_head
+from ser_worker.bundle.core import embed
 from ser_worker.bundle.manifest import Preprocessing
-from ser_worker.bundle.predict import embed
 from ser_worker.bundle.preprocess import prepare_clip
 from ser_worker.datasets import LabelledClip, Split, load_dataset
 from ser_worker.evaluation.metrics import plot_history

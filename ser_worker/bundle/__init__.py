@@ -1,8 +1,8 @@
 """A versioned model bundle: weights, labels, preprocessing and training record in one zip.
 
-``Bundle.predict`` is the one place that knows each member's preprocessing (``manifest``:
-the typed manifest, ``archive``: zip I/O, ``core``: the Bundle, ``predict``: batched
-prediction). Keras and the feature code load lazily, so reading a manifest (the CLI,
+``Bundle.predict`` is the one place that knows each member's preprocessing. ``manifest``: the
+typed manifest; ``archive``: zip I/O; ``core``: the loaded Bundle; ``build``: a new bundle and
+its version. Keras and the feature code load lazily, so reading a manifest (the CLI,
 promotion) stays cheap.
 """
 
@@ -14,7 +14,8 @@ from ser_worker.bundle.archive import (
     shipped_bundle_bytes,
     verify_bundle_bytes,
 )
-from ser_worker.bundle.core import Bundle, create_bundle, make_version, with_encoder_head
+from ser_worker.bundle.build import create_bundle, make_version, with_encoder_head
+from ser_worker.bundle.core import Bundle
 from ser_worker.bundle.manifest import FORMAT, BundleError, Manifest
 from ser_worker.bundle.records import MemberPrediction, PreparedClip
 

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ser_worker.bundle.core import Bundle
+from ser_worker.bundle.core import Bundle, check_encoder_head
 from ser_worker.bundle.manifest import (
     ENCODER_HEAD_NAME,
     MANIFEST_NAME,
@@ -32,7 +32,6 @@ from ser_worker.bundle.manifest import (
     EncoderEntry,
     Manifest,
 )
-from ser_worker.labels import EMOTIONS
 
 if TYPE_CHECKING:
     from ser_worker.features.study import FeatureSettings
@@ -179,16 +178,6 @@ def _encoder_head_from(archive: zipfile.ZipFile, entry: EncoderEntry) -> LinearH
         raise BundleError(f"the bundle's encoder layers are not usable: {exc}") from exc
     check_encoder_head(head, layers)
     return head
-
-
-def check_encoder_head(head: LinearHead, layers: tuple[int, ...]) -> None:
-    from ser_worker.models.encoder import embedding_size
-
-    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), embedding_size(layers)):
-        raise BundleError(
-            f"the encoder head does not map vectors of encoder layers {list(layers)} "
-            f"to {list(EMOTIONS)}"
-        )
 
 
 def _open_zip(source: str | Path | bytes) -> zipfile.ZipFile:

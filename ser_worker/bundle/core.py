@@ -1,4 +1,4 @@
-"""The loaded bundle and how a new one is made.
+"""The loaded bundle: its members, their ensemble weights, and ``Bundle.predict``.
 
 ``Bundle.predict`` is the one entry point from a signal to every member's answer and the
 ensemble: it prepares each clip as the manifest says (``prepare``), then runs the members in
@@ -8,36 +8,26 @@ Bundle that only carries a manifest stays cheap.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
-from importlib import metadata
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ser_worker.bundle.manifest import (
-    ENCODER_HEAD_NAME,
-    FORMAT,
-    WEIGHTS_SUFFIX,
     BundleError,
     Manifest,
-    Preprocessing,
-    check_ensemble_weights,
 )
-from ser_worker.evaluation.ensemble import normalised_weights
-from ser_worker.labels import EMOTIONS, ENCODER, MODEL_NAMES
+from ser_worker.bundle.records import MemberPrediction, PreparedClip
+from ser_worker.evaluation.ensemble import mix, normalised_weights
+from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
 
     from ser_worker.audio import AudioLimits
-    from ser_worker.bundle.records import MemberPrediction, PreparedClip
-    from ser_worker.features.study import FeatureSettings, Normalizer
+    from ser_worker.features.study import ClipFeatures, FeatureSettings, Normalizer
     from ser_worker.models.encoder import LinearHead
 
 
@@ -100,8 +90,6 @@ class Bundle:
         self, clips: Sequence[PreparedClip], *, batch_size: int = 64
     ) -> list[dict[str, MemberPrediction]]:
         """One dict per clip: a MemberPrediction per member (``members``) plus the ensemble."""
-        from ser_worker.bundle.predict import predict_clips
-
         return predict_clips(self, clips, batch_size=batch_size)
 
     def predict(
@@ -117,173 +105,123 @@ class Bundle:
         return self.predict_prepared(clips, batch_size=batch_size)
 
 
-def create_bundle(
-    models: dict[str, keras.Model],
-    *,
-    feature_settings: FeatureSettings,
-    normalizer: Normalizer,
-    split: dict | None = None,
-    history: dict | None = None,
-    metrics: dict | None = None,
-    training_data: dict | None = None,
-    licences: list[str] | None = None,
-    ensemble_weights: dict[str, float] | None = None,
-    encoder_head: LinearHead | None = None,
-    encoder_layers: Sequence[int] | None = None,
-    notes: str = "",
-    created_at: datetime | None = None,
-) -> Bundle:
-    """Assemble the manifest for freshly trained models and give the bundle its version.
+def check_encoder_head(head: LinearHead, layers: tuple[int, ...]) -> None:
+    from ser_worker.models.encoder import embedding_size
 
-    The version is the creation time plus a hash of the weights and the manifest, so two
-    trainings started in the same second still get different versions.
-    """
-    from ser_worker.models.registry import input_shape
-
-    unknown = set(models) - set(MODEL_NAMES)
-    if not models or unknown:
-        raise BundleError(f"a bundle needs models from {list(MODEL_NAMES)}, got {list(models)}")
-    created_at = created_at or datetime.now(UTC)
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "version": None,
-        "created_at": created_at.isoformat(timespec="seconds"),
-        "labels": list(EMOTIONS),
-        "models": {
-            name: {
-                "input_shape": list(input_shape(name, feature_settings)),
-                "weights": f"{name}{WEIGHTS_SUFFIX}",
-                "parameters": int(model.count_params()),
-            }
-            for name, model in sorted(models.items())
-        },
-        "feature_settings": feature_settings.to_dict(),
-        "normalizer": normalizer.to_dict(),
-        "preprocessing": _preprocessing(),
-        "split": split or {},
-        "history": history or {},
-        "metrics": metrics or {},
-        "training_data": training_data or {},
-        "licences": list(licences or []),
-        "code_version": code_version(),
-        "notes": notes,
-    }
-    members = set(models)
-    if encoder_head is not None:
-        manifest[ENCODER] = _encoder_entry(encoder_head, encoder_layers)
-        members.add(ENCODER)
-    if ensemble_weights is not None:
-        # Part of the version hash: the weights change what the ensemble predicts.
-        check_ensemble_weights(ensemble_weights, members)
-        manifest["ensemble_weights"] = dict(ensemble_weights)
-    for name, model in models.items():
-        expected = tuple(manifest["models"][name]["input_shape"])
-        if tuple(model.input_shape[1:]) != expected:
-            raise BundleError(
-                f"{name} takes input {model.input_shape[1:]} "
-                f"but the feature settings give {expected}"
-            )
-    manifest["version"] = make_version(created_at, _content_hash(manifest, models, encoder_head))
-    return Bundle(manifest=manifest, models=dict(models), encoder_head=encoder_head)
+    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), embedding_size(layers)):
+        raise BundleError(
+            f"the encoder head does not map vectors of encoder layers {list(layers)} "
+            f"to {list(EMOTIONS)}"
+        )
 
 
-def _content_hash(
-    manifest: dict[str, Any], models: dict[str, keras.Model], head: LinearHead | None
-) -> str:
-    """sha256 of the manifest (its version still None) and every weight, in a fixed order."""
-    digest = hashlib.sha256(_canonical_json(manifest))
-    for name in sorted(models):
-        for array in models[name].get_weights():
-            digest.update(array.tobytes())
-    if head is not None:
-        digest.update(head.to_bytes())
-    return digest.hexdigest()
+def predict_clips(
+    bundle: Bundle, clips: Sequence[PreparedClip], *, batch_size: int = 64
+) -> list[dict[str, MemberPrediction]]:
+    """What ``Bundle.predict_prepared`` returns: a MemberPrediction per member of the bundle
+    (``Bundle.members``) and the ensemble (``Bundle.ensemble_weights``), one dict per clip;
+    each member reads its own waveform of the clip."""
+    from ser_worker.features.study import extract
 
-
-def _preprocessing() -> dict[str, Any]:
-    """What this code does to a clip for each member, recorded so later code repeats it."""
-    return Preprocessing().model_dump()
-
-
-def _encoder_entry(head: LinearHead, layers: Sequence[int] | None) -> dict[str, Any]:
-    from ser_worker.bundle.archive import check_encoder_head
-    from ser_worker.models import encoder as speech_encoder
-
-    layers = speech_encoder.check_layers(layers or speech_encoder.LAYERS)
-    check_encoder_head(head, layers)
-    return {
-        "name": speech_encoder.ENCODER_NAME,
-        "weights_sha256": speech_encoder.MODEL_SHA256,
-        "layers": list(layers),
-        "window_seconds": speech_encoder.WINDOW_SECONDS,
-        # The head was fitted on vectors of the decoded clip before silence trimming.
-        "trimmed": False,
-        "head": ENCODER_HEAD_NAME,
-        "head_parameters": int(head.coef.size + head.intercept.size),
-    }
-
-
-def with_encoder_head(
-    bundle: Bundle,
-    head: LinearHead,
-    ensemble_weights: dict[str, float],
-    *,
-    encoder_layers: Sequence[int] | None = None,
-    split: dict | None = None,
-    training_data: dict | None = None,
-    notes: str | None = None,
-) -> Bundle:
-    """A new version: the bundle's CNNs and training record, plus the speech encoder's head."""
-    from ser_worker.models.encoder import LICENCE
-
-    manifest = bundle.manifest
-    licences = list(manifest.licences)
-    return create_bundle(
-        bundle.models,
-        feature_settings=bundle.feature_settings,
-        normalizer=bundle.normalizer,
-        split=split if split is not None else manifest.split,
-        history=manifest.history,
-        metrics=manifest.metrics,
-        training_data=manifest.training_data | (training_data or {}),
-        licences=licences + ([LICENCE] if LICENCE not in licences else []),
-        ensemble_weights=ensemble_weights,
-        encoder_head=head,
-        encoder_layers=encoder_layers,
-        notes=notes if notes is not None else manifest.notes,
+    settings = bundle.feature_settings
+    return predict_features(
+        bundle,
+        [extract(clip.cnn, settings) for clip in clips],
+        encoder_vectors=encoder_vectors(bundle, [clip.encoder for clip in clips]),
+        batch_size=batch_size,
     )
 
 
-def make_version(created_at: datetime, content_hash: str) -> str:
-    """``YYYYmmddTHHMMSSZ-<8 hex>``: sorts by time, unique by content."""
-    stamp = created_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{content_hash[:8]}"
+def predict_waveforms(
+    bundle: Bundle,
+    waveforms: Sequence[np.ndarray],
+    *,
+    untrimmed: Sequence[np.ndarray] | None = None,
+    batch_size: int = 64,
+) -> list[dict[str, MemberPrediction]]:
+    """Predict waveforms already decoded and trimmed (float32 mono at the bundle's rate).
+
+    For evaluation code whose clips are decoded and trimmed already: `untrimmed` holds the
+    same clips before silence trimming, which the encoder's head reads;
+    without them the encoder sees `waveforms`.
+    """
+    untrimmed = untrimmed if untrimmed is not None else waveforms
+    rate = bundle.feature_settings.sample_rate
+    clips = [
+        PreparedClip(cnn=y, encoder=u, duration_s=len(y) / rate)
+        for y, u in zip(waveforms, untrimmed, strict=True)
+    ]
+    return predict_clips(bundle, clips, batch_size=batch_size)
 
 
-def code_version() -> dict[str, str | None]:
-    try:
-        package = metadata.version("ser")
-    except metadata.PackageNotFoundError:
-        package = None
-    return {"ser": package, "git_commit": _git_commit()}
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+def encoder_vectors(bundle: Bundle, waveforms: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The speech encoder's vectors of the clips, if the bundle has a head to read them."""
+    if bundle.encoder_head is None:
         return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
+    return embed(waveforms, bundle.encoder_layers)
 
 
-def _canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+def embed(waveforms: Sequence[np.ndarray], layers: Sequence[int] | None = None) -> np.ndarray:
+    """The speech encoder's vectors (pooling `layers`, by default speech_encoder.LAYERS), from
+    this process's encoder (loaded on first use)."""
+    from ser_worker.config import get_settings
+    from ser_worker.models.encoder import LAYERS, load_encoder
+
+    encoder = load_encoder(tuple(layers or LAYERS), get_settings().tf_threads)
+    return encoder.embed(waveforms)
+
+
+def predict_features(
+    bundle: Bundle,
+    features_list: Sequence[ClipFeatures],
+    *,
+    encoder_vectors: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> list[dict[str, MemberPrediction]]:
+    """Like `predict` for features (and encoder vectors) that were already computed."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    probabilities = predict_probabilities(
+        bundle, features_list, encoder_vectors=encoder_vectors, batch_size=batch_size
+    )
+    probabilities[ENSEMBLE] = mix(probabilities, bundle.ensemble_weights)
+    labels = bundle.labels
+    return [
+        {
+            name: MemberPrediction.from_probabilities(p[i], labels)
+            for name, p in probabilities.items()
+        }
+        for i in range(len(features_list))
+    ]
+
+
+def predict_probabilities(
+    bundle: Bundle,
+    features_list: Sequence[ClipFeatures],
+    *,
+    encoder_vectors: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Raw softmax outputs, (N, n_classes) per member, for evaluation code that needs arrays."""
+    from ser_worker.models.registry import CNN_MEMBERS
+
+    if bundle.encoder_head is not None and (
+        encoder_vectors is None or len(encoder_vectors) != len(features_list)
+    ):
+        raise ValueError("this bundle has an encoder head: pass one encoder vector per clip")
+    settings, normalizer = bundle.feature_settings, bundle.normalizer
+    n_classes = len(bundle.labels)
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in bundle.models}
+    for start in range(0, len(features_list), batch_size):
+        chunk = features_list[start : start + batch_size]
+        for name, model in bundle.models.items():
+            # One compiled call per chunk: model.predict() pays its set-up cost on every call.
+            x = CNN_MEMBERS[name].inputs(chunk, settings, normalizer)
+            outputs[name].append(np.asarray(model.predict_on_batch(x)))
+    probabilities = {
+        name: np.concatenate(chunks) if chunks else np.zeros((0, n_classes), np.float32)
+        for name, chunks in outputs.items()
+    }
+    if bundle.encoder_head is not None:
+        probabilities[ENCODER] = bundle.encoder_head.probabilities(encoder_vectors)
+    return probabilities

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ser_worker.bundle import Bundle, create_bundle, with_encoder_head
-from ser_worker.bundle.predict import (
+from ser_worker.bundle.core import (
     embed,
     encoder_vectors,
     predict_features,

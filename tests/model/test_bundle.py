@@ -25,8 +25,8 @@ from ser_worker.bundle import (
     shipped_bundle_bytes,
     verify_bundle_bytes,
 )
+from ser_worker.bundle.core import predict_probabilities
 from ser_worker.bundle.manifest import Preprocessing
-from ser_worker.bundle.predict import predict_probabilities
 from ser_worker.features.study import FeatureSettings, fit_normalizer
 from ser_worker.labels import EMOTIONS
 from ser_worker.models.cnn import build_model, compile_model, input_shape

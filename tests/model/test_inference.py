@@ -5,7 +5,8 @@ import pytest
 
 from ser_worker.audio import TooShortError, load_audio
 from ser_worker.bundle import Bundle, MemberPrediction, create_bundle
-from ser_worker.bundle.predict import predict, predict_features
+from ser_worker.bundle.core import predict_features
+from ser_worker.bundle.core import predict_waveforms as predict
 from ser_worker.features.study import FeatureSettings, batch_inputs, fit_normalizer
 from ser_worker.labels import EMOTIONS, SAMPLE_RATE
 from ser_worker.models.cnn import build_model, compile_model, input_shape

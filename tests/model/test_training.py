@@ -309,7 +309,7 @@ TESS_WORDS = {
 def test_real_training_beats_chance(tmp_path):
     """Both TESS speakers, 40 clips per class, stratified 24/8/8 split; a few epochs on CPU."""
     from ser_worker.audio import load_audio
-    from ser_worker.bundle.predict import predict
+    from ser_worker.bundle.core import predict_waveforms as predict
     from ser_worker.evaluation.metrics import evaluate
 
     rng = np.random.default_rng(0)
