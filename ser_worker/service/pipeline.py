@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +155,8 @@ class TrainingData:
 
     clips: list[LabelledClip]
     prepared: list[PreparedClip]
+    # Each clip's content hash: a new bundle lists those it learns from (store.training_data).
+    sha256s: list[str] = field(default_factory=list)
 
     @property
     def cnn(self) -> list[np.ndarray]:
@@ -193,7 +195,7 @@ def load_labelled_clips(session: Session, run: TrainingRun) -> TrainingData:
         LabelledClip(Path(item.filename), item.true_emotion, item.speaker, "store")
         for item in (first_item[sha] for sha in prepared)
     ]
-    return TrainingData(clips=clips, prepared=list(prepared.values()))
+    return TrainingData(clips=clips, prepared=list(prepared.values()), sha256s=list(prepared))
 
 
 def training_clip(y: np.ndarray, limits: AudioLimits) -> PreparedClip:
@@ -222,6 +224,7 @@ def train_run(run_id: int, params: Mapping[str, Any], data: TrainingData) -> Tra
         seed=seed,
         precision=settings.train_precision,
     )
+    learnt = sorted({data.sha256s[i] for i in (*split.train, *split.val)})
     with tempfile.TemporaryDirectory(prefix="ser-train-") as cache_dir:
         bundle, metrics = train_and_evaluate(
             data.cnn,
@@ -230,7 +233,7 @@ def train_run(run_id: int, params: Mapping[str, Any], data: TrainingData) -> Tra
             config,
             cache_dir=Path(cache_dir),
             progress=lambda message: report_progress(run_id, message),
-            training_data={"source": "store", "training_run": run_id},
+            training_data={"source": "store", "training_run": run_id, "sha256": learnt},
             untrimmed=data.encoder,
         )
     test = [data.prepared[i] for i in split.test]

@@ -1,15 +1,11 @@
 """Real services for the integration tests: a fresh PostgreSQL database built by
 `alembic upgrade head`, a Redis database as the broker, real prefork Celery workers and the real
-`ser-cli`, each in its own process."""
+`ser-cli`, each in its own process, started by the harness the benchmarks use
+(benchmarks/harness.py)."""
 
+import contextlib
 import os
-import re
-import signal
-import socket
 import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +13,11 @@ import psycopg
 import pytest
 import redis
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from benchmarks.harness import BIN, REPO, Worker, child_env, flush_redis, scratch_database
+
 TEST_DATA = REPO / "tests" / "data"
-SHARED_DATA = REPO.parent / "shared" / "data"
-PG_ADMIN = "postgresql://{user}@127.0.0.1:5432/test"
+CORPUS = REPO / "tests" / "corpus"  # more clips and speakers, for training and sharing work
+PG_SERVER = "127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
@@ -38,104 +34,32 @@ def _pg_user() -> str:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        client.ping()
+        flush_redis(REDIS_URL)
     except redis.RedisError as error:
         _unavailable(f"Redis at {REDIS_URL}: {error}")
-    client.flushdb()
     yield REDIS_URL
-    client.flushdb()
+    flush_redis(REDIS_URL)
 
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A new PostgreSQL database per test, schema built by `alembic upgrade head`."""
-    admin = PG_ADMIN.format(user=_pg_user())
-    name = f"ser_it_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as error:
-        _unavailable(f"PostgreSQL at {admin}: {error}")
-    url = f"postgresql+psycopg://{_pg_user()}@127.0.0.1:5432/{name}"
-    subprocess.run(
-        [BIN / "alembic", "upgrade", "head"],
-        cwd=REPO,
-        env={**os.environ, "SER_DATABASE_URL": url},
-        check=True,
-        capture_output=True,
-    )
-    yield url
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_database(PG_SERVER, _pg_user(), prefix="ser_it"))
+        except psycopg.Error as error:
+            _unavailable(f"PostgreSQL at {PG_SERVER}: {error}")
+        yield url
 
 
 @pytest.fixture
 def service_env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SER_")}
-    env.update(
+    return child_env(
         SER_DATABASE_URL=database_url,
         SER_BROKER_URL=redis_url,
         SER_DATA_DIR=str(tmp_path / "ser-data"),
         SER_TF_THREADS="1",
-        PYTHONUNBUFFERED="1",
     )
-    return env
-
-
-class Worker:
-    """A real `celery worker` process (prefork pool) with its log in a file."""
-
-    def __init__(self, env: dict[str, str], queue: str, concurrency: int, log: Path):
-        self.log = log
-        self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-        self.process = subprocess.Popen(
-            [
-                BIN / "celery",
-                "-A",
-                "ser_worker",
-                "worker",
-                "-Q",
-                queue,
-                "-c",
-                str(concurrency),
-                "-P",
-                "prefork",
-                "-n",
-                self.name,
-                "-l",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while " ready." not in self.output():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"worker did not start:\n{self.output()}")
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def tasks_succeeded(self, task: str) -> int:
-        return len(re.findall(rf"Task {re.escape(task)}\[[0-9a-f-]+\] succeeded", self.output()))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 @pytest.fixture
@@ -144,8 +68,9 @@ def start_worker(service_env: dict[str, str], tmp_path: Path):
 
     def start(queue: str = "inference", concurrency: int = 1, **env: str) -> Worker:
         log = tmp_path / f"worker-{len(workers)}.log"
-        worker = Worker({**service_env, **env}, queue, concurrency, log)
+        worker = Worker({**service_env, **env}, log, queue=queue, concurrency=concurrency)
         workers.append(worker)
+        worker.wait_ready(timeout=60)
         return worker
 
     yield start
@@ -178,8 +103,8 @@ def _fixture_bundle(tmp_path_factory, *, with_encoder: bool) -> bytes:
     from ser_worker.audio import load_audio, trim_silence
     from ser_worker.bundle import bundle_bytes
     from ser_worker.datasets import Split, load_dataset
+    from ser_worker.training.config import TrainConfig
     from ser_worker.training.experiment import train_and_evaluate
-    from ser_worker.training.fit import TrainConfig
 
     dataset = load_dataset(TEST_DATA)
     untrimmed = [load_audio(clip.path, trim=False) for clip in dataset.clips]
@@ -205,4 +130,4 @@ def register_bundle(database_url: str, bundle: bytes) -> str:
     manifest = read_manifest(bundle)
     with session_scope(database_url) as session:
         store.register_version(session, bundle, manifest, source="trained", activate=True)
-    return manifest["version"]
+    return manifest.version

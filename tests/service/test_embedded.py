@@ -32,7 +32,7 @@ def test_submit_wait_works_with_nothing_configured(tmp_path):
     assert (source, active) == ("shipped", 1)
     assert predictions == 48
 
-    rows = json.loads(run_cli(env, "results", "--format", "json").stdout)
+    rows = json.loads(run_cli(env, "results", "--all-models", "--format", "json").stdout)
     assert {row["model"] for row in rows} == {"cnn1d", "cnn2d", "encoder", "ensemble"}
     assert all(row["emotion"] in EMOTIONS for row in rows)
 

@@ -39,8 +39,8 @@ from ser_worker.service.db.session import session_scope
 
 from .conftest import (
     BIN,
+    CORPUS,
     REPO,
-    SHARED_DATA,
     TEST_DATA,
     Worker,
     _unavailable,
@@ -53,11 +53,7 @@ pytestmark = pytest.mark.integration
 
 CLIPS = 12  # the committed clips under tests/data, all labelled
 PER_CLIP = 3  # predictions per clip and version: cnn1d, cnn2d, ensemble
-TESS_FOLDERS = [
-    f"{speaker}_{emotion}"
-    for speaker in ("OAF", "YAF")
-    for emotion in ("angry", "disgust", "happy", "neutral")
-] + ["OAF_Fear", "OAF_Sad", "YAF_fear", "YAF_sad"]
+TESS = CORPUS / "tess"  # both speakers, the six emotions, 4 clips each
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -169,14 +165,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _tess_clips(target: Path, per_folder: int) -> Path:
-    for folder in TESS_FOLDERS:
-        (target / folder).mkdir(parents=True)
-        for clip in sorted((SHARED_DATA / "tess" / folder).glob("*.flac"))[:per_folder]:
-            shutil.copy(clip, target / folder)
-    return target
 
 
 def _renamed(bundle: bytes, version: str) -> bytes:
@@ -468,15 +456,14 @@ def _versions(database_url: str) -> list[tuple[str, bool]]:
 
 
 def test_training_killed_half_way_registers_nothing(
-    service_env, start_worker, database_url, test_bundle, tmp_path
+    service_env, start_worker, database_url, test_bundle
 ):
     """SIGKILL of the training process mid-epoch: no version is registered (the version, the
     run's result and the promotion are one transaction at the end) and the active version
     keeps serving; the task is given back and the run, trained again, registers exactly one."""
     active = register_bundle(database_url, test_bundle)
-    data = _tess_clips(tmp_path / "tess", per_folder=4)
     worker = start_worker("training", 1)
-    run_id = _train(service_env, data, "--epochs", "8")
+    run_id = _train(service_env, TESS, "--epochs", "8")
 
     _wait_for(lambda: "cnn1d epoch 2/8" in worker.output(), 180, "training to be half-way")
     _kill_pool_child(worker)
@@ -492,15 +479,12 @@ def test_training_killed_half_way_registers_nothing(
     assert old == active and not old_active and new_active
 
 
-def test_a_training_run_delivered_twice_registers_once(
-    service_env, start_worker, database_url, tmp_path
-):
+def test_a_training_run_delivered_twice_registers_once(service_env, start_worker, database_url):
     """A visibility timeout shorter than a training run makes Redis deliver the running task to
     a second worker. Both train; the run's row lock lets only the first to finish register."""
-    data = _tess_clips(tmp_path / "tess", per_folder=4)
     settings = {"SER_VISIBILITY_TIMEOUT_S": "2"}
     first = start_worker("training", 1, **settings)
-    run_id = _train({**service_env, **settings}, data, "--epochs", "10")
+    run_id = _train({**service_env, **settings}, TESS, "--epochs", "10")
     _wait_for(lambda: "cnn1d epoch 1/10" in first.output(), 180, "training to start")
     second = start_worker("training", 1, **settings)  # restores the task older than 2 s
 

@@ -1,7 +1,6 @@
 """The service end to end: the real `ser-cli`, Redis, PostgreSQL and prefork Celery workers."""
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from ser_worker.service.db.models import (
 )
 from ser_worker.service.db.session import session_scope
 
-from .conftest import BIN, REPO, SHARED_DATA, TEST_DATA, register_bundle, run_cli
+from .conftest import BIN, CORPUS, REPO, TEST_DATA, register_bundle, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +38,9 @@ def test_submit_wait_stores_every_prediction(
 
     assert summary["status"] == {"done": 12}
     assert set(summary["metrics"]) == {"cnn1d", "cnn2d", "encoder", "ensemble"}
-    rows = _json(run_cli(service_env, "results", summary["submission"], "--format", "json"))
+    rows = _json(
+        run_cli(service_env, "results", summary["submission"], "--all-models", "--format", "json")
+    )
     assert len(rows) == 12 * 4
     for row in rows:
         assert row["status"] == "done" and row["error"] is None
@@ -62,24 +63,22 @@ def test_submit_wait_stores_every_prediction(
 
 
 def test_two_workers_share_a_queue_without_repeating_a_clip(
-    service_env, start_worker, database_url, test_bundle, tmp_path
+    service_env, start_worker, database_url, test_bundle
 ):
     register_bundle(database_url, test_bundle)
-    clips = tmp_path / "clips"
-    for actor in ("Actor_07", "Actor_08"):
-        shutil.copytree(SHARED_DATA / "ravdess" / actor, clips / actor)
+    clips = 72  # the committed training corpus: 4 RAVDESS actors and both TESS speakers
     env = {**service_env, "SER_BATCH_SIZE": "4"}
     workers = [start_worker("inference", 1, SER_BATCH_SIZE="4") for _ in range(2)]
 
-    summary = _json(run_cli(env, "submit", str(clips), "--wait", "--json", "--labels", "none"))
+    summary = _json(run_cli(env, "submit", str(CORPUS), "--wait", "--json", "--labels", "none"))
 
-    assert summary["status"] == {"done": 120}
-    batches = 120 // 4
+    assert summary["status"] == {"done": clips}
+    batches = clips // 4
     per_worker = [worker.tasks_succeeded("ser.infer") for worker in workers]
     assert sum(per_worker) == batches, per_worker  # each batch ran exactly once
     assert all(count > 0 for count in per_worker), per_worker  # and both workers took work
     with session_scope(database_url) as session:
-        assert session.scalar(select(func.count()).select_from(Prediction)) == 120 * 3
+        assert session.scalar(select(func.count()).select_from(Prediction)) == clips * 3
 
 
 def test_resubmission_reuses_stored_audio_and_predictions(
@@ -100,31 +99,14 @@ def test_resubmission_reuses_stored_audio_and_predictions(
         assert session.scalar(select(func.count()).select_from(Prediction)) == 36
         newest = session.scalar(select(func.max(Prediction.created_at)))
     assert newest > max(created.values())  # --force recomputed and overwrote in place
-    rows = _json(run_cli(service_env, "results", second["submission"], "--format", "json"))
+    rows = _json(
+        run_cli(service_env, "results", second["submission"], "--all-models", "--format", "json")
+    )
     assert len(rows) == 36 and all(row["status"] == "done" for row in rows)
 
 
-def test_training_job_registers_and_promotes_a_version(
-    service_env, start_worker, database_url, tmp_path
-):
-    data = tmp_path / "tess"
-    for folder in (
-        "OAF_angry",
-        "OAF_Sad",
-        "OAF_neutral",
-        "YAF_angry",
-        "YAF_sad",
-        "YAF_neutral",
-        "OAF_happy",
-        "YAF_happy",
-        "OAF_Fear",
-        "YAF_fear",
-        "OAF_disgust",
-        "YAF_disgust",
-    ):
-        (data / folder).mkdir(parents=True)
-        for clip in sorted((SHARED_DATA / "tess" / folder).glob("*.flac"))[:8]:
-            shutil.copy(clip, data / folder)
+def test_training_job_registers_and_promotes_a_version(service_env, start_worker, database_url):
+    data = CORPUS / "tess"  # both speakers, the six emotions, 4 clips each
     start_worker("training", 1)
 
     result = run_cli(

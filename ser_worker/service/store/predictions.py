@@ -1,0 +1,180 @@
+"""Predictions, keyed by (audio, model version, model): each clip is computed once per version,
+and a replayed task finds its rows already there."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ser_worker.labels import ENCODER, ENSEMBLE, MODEL_NAMES, RESULT_MODELS
+from ser_worker.service.db.models import Prediction, Submission, SubmissionItem
+from ser_worker.service.store.sql import insert, is_postgresql
+from ser_worker.service.store.training_data import TrainingClips
+
+
+def lock_audio(session: Session, sha256s: Iterable[str], model_version_id: int) -> None:
+    """Hold these clips for this version until the transaction ends (PostgreSQL).
+
+    A worker about to predict a clip that another worker is predicting for the same version
+    waits, then finds its predictions stored and reuses them: each clip is computed once per
+    version even when submissions overlap. Locks are taken in one global order, so two batches
+    sharing clips cannot deadlock. SQLite has no such locks: there the unique key alone keeps
+    one row per clip, version and model.
+    """
+    if not is_postgresql(session):
+        return
+    for key in sorted({audio_lock_key(sha256) for sha256 in sha256s}):
+        session.execute(select(func.pg_advisory_xact_lock(model_version_id, key)))
+
+
+def audio_lock_key(sha256: str) -> int:
+    """A clip's advisory lock key, next to its version's id: 32 bits of its content hash as a
+    signed int4 (two clips that collide only wait for each other)."""
+    return int(sha256[:8], 16) - 2**31
+
+
+def existing_predictions(
+    session: Session, sha256s: Iterable[str], model_version_id: int
+) -> dict[str, dict[str, Prediction]]:
+    found: dict[str, dict[str, Prediction]] = {}
+    rows = session.scalars(
+        select(Prediction).where(
+            Prediction.sha256.in_(list(set(sha256s))),
+            Prediction.model_version_id == model_version_id,
+        )
+    )
+    for row in rows:
+        found.setdefault(row.sha256, {})[row.model] = row
+    return found
+
+
+def save_predictions(session: Session, rows: Sequence[dict[str, Any]], *, overwrite: bool) -> None:
+    """Insert prediction rows; the unique (audio, version, model) key makes a replay harmless."""
+    if not rows:
+        return
+    statement = insert(session, Prediction).values(list(rows))
+    keys = ["sha256", "model_version_id", "model"]
+    if overwrite:
+        statement = statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={
+                "emotion": statement.excluded.emotion,
+                "confidence": statement.excluded.confidence,
+                "probabilities": statement.excluded.probabilities,
+                "created_at": statement.excluded.created_at,
+            },
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    session.execute(statement)
+
+
+# How `result_rows` can order its rows; submission order (the order files were found) otherwise.
+SORT_KEYS: tuple[str, ...] = ("confidence", "clip", "emotion")
+
+
+def version_models(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The result models a version predicts: its CNNs, the speech encoder when it has one
+    (versions made before it, or trained on clips lacking a class, have none), the ensemble."""
+    cnns = manifest.get("models")
+    present = set(MODEL_NAMES if cnns is None else cnns) | {ENSEMBLE}
+    if ENCODER in manifest:
+        present.add(ENCODER)
+    return tuple(model for model in RESULT_MODELS if model in present)
+
+
+def submission_models(session: Session, submission_id: str) -> tuple[str | None, tuple[str, ...]]:
+    """(version name, the result models it predicts) of a submission's model version."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise KeyError(submission_id)
+    version = submission.model_version
+    if version is None:
+        return None, RESULT_MODELS
+    return version.version, version_models(version.manifest)
+
+
+def result_rows(
+    session: Session,
+    submission_id: str,
+    *,
+    models: Sequence[str] = RESULT_MODELS,
+    emotions: Sequence[str] = (),
+    min_confidence: float | None = None,
+    sort: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per clip and model, the results JSON format of the README.
+
+    A pending or failed clip has a row per model too, without a prediction; the emotion and
+    confidence filters keep only rows that have one. Sorting by confidence puts the most
+    confident first; by emotion, the most confident of each emotion first.
+    """
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise KeyError(submission_id)
+    version = submission.model_version
+    items = session.scalars(
+        select(SubmissionItem)
+        .where(SubmissionItem.submission_id == submission_id)
+        .order_by(SubmissionItem.id)
+    ).all()
+    predictions = existing_predictions(
+        session, [item.sha256 for item in items if item.sha256], submission.model_version_id or -1
+    )
+    if version is not None:
+        models = [model for model in models if model in version_models(version.manifest)]
+    seen = TrainingClips(version.manifest if version is not None else None)
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        in_training = (item.filename, item.sha256) in seen
+        for model in models:
+            prediction = predictions.get(item.sha256 or "", {}).get(model)
+            if item.status == "done" and prediction is None:
+                continue
+            row = _result_row(submission_id, item, model, version, prediction, in_training)
+            if _wanted(row, emotions, min_confidence):
+                rows.append(row)
+    if sort is not None:
+        rows.sort(key=_SORTS[sort])
+    return rows[:limit] if limit is not None else rows
+
+
+def _wanted(row: dict[str, Any], emotions: Sequence[str], min_confidence: float | None) -> bool:
+    if emotions and row["emotion"] not in emotions:
+        return False
+    return min_confidence is None or (
+        row["emotion"] is not None and row["confidence"] >= min_confidence
+    )
+
+
+def _confidence_first(row: dict[str, Any]) -> float:
+    # Rows without a prediction (failed, pending) sort last.
+    return -row["confidence"] if row["emotion"] is not None else 1.0
+
+
+_SORTS = {
+    "confidence": _confidence_first,
+    "clip": lambda row: (row["clip"], RESULT_MODELS.index(row["model"])),
+    "emotion": lambda row: (row["emotion"] or "~", _confidence_first(row)),
+}
+
+
+def _result_row(submission_id, item, model, version, prediction, in_training) -> dict[str, Any]:
+    done = prediction is not None and item.status == "done"
+    return {
+        "submission": submission_id,
+        "clip": item.filename,
+        "sha256": item.sha256,
+        "status": item.status,
+        "error": item.error,
+        "error_code": item.error_code,
+        "model": model,
+        "model_version": version.version if version else None,
+        "emotion": prediction.emotion if done else None,
+        "confidence": prediction.confidence if done else None,
+        "probabilities": prediction.probabilities if done else None,
+        "true_emotion": item.true_emotion,
+        "seen_in_training": in_training,
+    }
