@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ser_worker.labels import EMOTIONS
+from ser_worker.evaluation.ensemble import mix
+from ser_worker.labels import CNN1D, CNN2D, EMOTIONS
 
 MOST_CONFUSED_TOP = 5
 
@@ -111,9 +112,8 @@ def mixed_macro_f1(
     labels: Sequence[str] = EMOTIONS,
 ) -> float:
     """Macro-F1 of ``share * first + (1 - share) * second`` (probabilities, one row per clip)."""
-    return argmax_macro_f1(
-        y_true, share * np.asarray(first) + (1 - share) * np.asarray(second), labels
-    )
+    mixed = mix({"first": first, "second": second}, {"first": share, "second": 1 - share})
+    return argmax_macro_f1(y_true, mixed, labels)
 
 
 def argmax_macro_f1(
@@ -146,16 +146,15 @@ def ensemble_macro_f1(
     labels: Sequence[str] = EMOTIONS,
 ) -> float:
     """Macro-F1 of ``cnn2d_weight * p_cnn2d + (1 - cnn2d_weight) * p_cnn1d``."""
-    return mixed_macro_f1(
-        y_true, probabilities["cnn2d"], probabilities["cnn1d"], cnn2d_weight, labels
-    )
+    mixed = mix(probabilities, {CNN2D: cnn2d_weight, CNN1D: 1 - cnn2d_weight})
+    return argmax_macro_f1(y_true, mixed, labels)
 
 
 def choose_cnn2d_weight(
     y_true: Sequence[str], probabilities: Mapping[str, np.ndarray], steps: int = 10
 ) -> float:
     """The cnn2d weight of the two-CNN ensemble chosen on these clips (see choose_share)."""
-    return choose_share(y_true, probabilities["cnn2d"], probabilities["cnn1d"], steps)
+    return choose_share(y_true, probabilities[CNN2D], probabilities[CNN1D], steps)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -200,6 +199,11 @@ def plot_history(
     history: Mapping[str, Sequence[float]], path: str | Path, title: str = "Training history"
 ) -> Path:
     """Loss and accuracy per epoch, training against validation, side by side."""
+    return _save(history_figure(history, title), path)
+
+
+def history_figure(history: Mapping[str, Sequence[float]], title: str = "Training history"):
+    """The figure `plot_history` saves."""
     from matplotlib.ticker import MaxNLocator
 
     fig = _new_figure(figsize=(10, 4), layout="constrained")
@@ -208,15 +212,20 @@ def plot_history(
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             values = history.get(key)
             if values:
-                ax.plot(range(1, len(values) + 1), values, style, label=key)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                # Markers, or a one-epoch run (a line of one point) draws nothing at all.
+                ax.plot(range(1, len(values) + 1), values, style, marker="o", label=key)
+        epochs = max((len(values) for values in history.values()), default=0)
+        if epochs:
+            # Whole epochs only, with room either side (one epoch would get ticks 0.95-1.05).
+            ax.set_xlim(0.5, epochs + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def _new_figure(**kwargs):

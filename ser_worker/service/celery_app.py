@@ -8,16 +8,20 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Queue
 
-from ser_worker.config import get_settings
+from ser_worker.config import SettingsError, get_settings
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 
-settings = get_settings()
+try:
+    settings = get_settings()
+except SettingsError as error:
+    # A worker (or beat) started with a bad SER_* value: one line naming it, not a traceback.
+    raise SystemExit(f"Error: {error}") from None
 app = Celery("ser_worker", include=["ser_worker.service.tasks"])
 app.conf.update(
     # No broker configured: the embedded mode runs every task in the calling process.
-    broker_url=settings.broker_url or "memory://",
+    broker_url=settings.broker_url or "memory://localhost/",
     task_always_eager=settings.embedded,
     task_eager_propagates=True,
     # JSON only: a worker must never unpickle what a client sent.
@@ -50,3 +54,19 @@ def _warm_up_child(**_kwargs) -> None:
     from ser_worker.service import runtime
 
     runtime.warm_up()
+
+
+def workers_consuming(queue: str, timeout: float = 1.0) -> list[str] | None:
+    """Names of the workers that answer a ping and consume ``queue``: [] means work sent there
+    waits for nobody; None when the broker cannot be asked (embedded mode, or it is down)."""
+    if settings.embedded:
+        return None
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception:  # a hint must never break the waiting it annotates
+        return None
+    return sorted(
+        worker
+        for worker, queues in replies.items()
+        if any(entry.get("name") == queue for entry in queues or ())
+    )

@@ -9,20 +9,32 @@ to report for work, and those imports alone take 3-7 s on a busy host. A task th
 before the warm-up is done simply waits for the same imports and the same bundle lock.
 """
 
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
+import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session, undefer
 
-from ser_worker.audio import AudioLimits
 from ser_worker.bundle import Bundle, load_bundle
 from ser_worker.config import get_settings
 from ser_worker.labels import SAMPLE_RATE
 from ser_worker.service.db.models import ModelVersion
+
+if TYPE_CHECKING:  # ser_worker.audio loads librosa: not for the CLI's start-up
+    from ser_worker.audio import AudioLimits
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +69,7 @@ def _trace(bundle: Bundle) -> None:
     batches get there cheaply, so no task pays 0.3-1 s of tracing in the middle of a
     submission.
     """
-    from ser_worker.models.cnn import input_shape
+    from ser_worker.models.registry import input_shape
 
     settings = bundle.feature_settings
     for name, model in bundle.models.items():
@@ -65,18 +77,20 @@ def _trace(bundle: Bundle) -> None:
         for size in (1, 2):
             model.predict_on_batch(np.zeros((size, *shape), dtype=np.float32))
     if bundle.encoder_head is not None:
-        from ser_worker.bundle.predict import encoder_vectors
+        from ser_worker.bundle.core import encoder_vectors
 
         # The speech encoder loads once per process (about 1 s: 145 MB read and hash-checked).
         encoder_vectors(bundle, [np.zeros(settings.sample_rate, dtype=np.float32)])
 
 
 def audio_limits() -> AudioLimits:
+    from ser_worker.audio import AudioLimits
+
     return AudioLimits.from_settings()
 
 
 def configure_threads() -> None:
-    """This process's thread budget; call it before TensorFlow is imported.
+    """This process's thread budget and log levels; call it before TensorFlow is imported.
 
     TensorFlow reads TF_NUM_INTRAOP_THREADS when it creates its thread pools (SER_TF_THREADS; 0
     leaves it to TensorFlow). numpy's BLAS does one small product per clip (the mel filter bank)
@@ -84,13 +98,91 @@ def configure_threads() -> None:
     than it saves, and with a worker process per core it competes with the other processes
     (feature extraction measured 15 ms instead of 3 ms per clip on a busy 2-core host).
     """
-    threads = get_settings().tf_threads
+    settings = get_settings()
+    quiet_native_logs(settings.log_level)
+    threads = settings.tf_threads
     if threads:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
+
+
+def quiet_native_logs(level: str | None = None) -> None:
+    """Keep TensorFlow's C++ start-up notes (the absl preamble, oneDNN, cpu_feature_guard) and
+    its Python warnings off the user's terminal and the worker log: they are about the build,
+    not about the work. SER_LOG_LEVEL=DEBUG lets them through.
+
+    TF_CPP_MIN_LOG_LEVEL covers what TensorFlow logs once it runs (a value the user exported
+    wins); the notes printed while its libraries load come before TensorFlow reads it (absl's
+    "before InitializeLog" path), so the first import of TensorFlow has its native stderr
+    filtered as well (see _QuietTensorFlowImport).
+    """
+    debug = level == "DEBUG"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if level:
+        logging.getLogger("ser_worker").setLevel(level)
+    already = any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
+    if not debug and "tensorflow" not in sys.modules and not already:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+# What TensorFlow's libraries print on fd 2 while they load: absl's preamble and its
+# info/warning lines (I0000 00:00:… / W0000 …, or the older "2026-… : I tensorflow/…").
+_LOAD_NOISE = re.compile(
+    rb"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|"
+    rb"^[IW]\d{4} \d\d:\d\d:|^\d{4}-\d\d-\d\d [\d:.]+: [IW] "
+)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Runs the first ``import tensorflow`` with fd 2 captured, then writes back every line that
+    is not load-time noise (an error while loading still reaches the terminal). Removes itself:
+    later imports are dictionary lookups."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        # Restored first: TensorFlow's own code may look at its loader.
+        module.__loader__ = module.__spec__.loader = self.loader
+        with _native_stderr_filtered():
+            self.loader.exec_module(module)
+
+
+@contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.readlines() if not _LOAD_NOISE.search(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def warm_features() -> None:
@@ -102,9 +194,8 @@ def warm_features() -> None:
 
 
 def warm_models() -> None:
-    """Import TensorFlow/Keras, and load and trace the active model version if there is one."""
-    import keras  # noqa: F401
-
+    """Load and trace the active model version if there is one. TensorFlow is imported only
+    for a CNN that has no ONNX export (bundle.onnx): with exports a worker never loads it."""
     from ser_worker.service import store
     from ser_worker.service.db.session import session_scope
 

@@ -1,5 +1,6 @@
 """The store on SQLite, schema built by Alembic exactly as in production."""
 
+import pkgutil
 import subprocess
 import sys
 
@@ -7,15 +8,19 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+import cli
+from ser_worker.bundle import read_manifest, shipped_bundle_bytes
 from ser_worker.service import store
+from ser_worker.service.db.migrate import upgrade_database
 from ser_worker.service.db.models import AudioBlob, ModelVersion, Prediction
 from ser_worker.service.db.session import session_scope
+from ser_worker.service.store import versions
 
 
 @pytest.fixture
 def url(tmp_path):
     url = f"sqlite:///{tmp_path / 'ser.db'}"
-    store.upgrade_database(url)
+    upgrade_database(url)
     return url
 
 
@@ -64,7 +69,7 @@ def test_a_replayed_prediction_is_not_stored_twice(url):
 
 
 def test_without_a_shipped_model_the_user_is_told_to_train(url, monkeypatch):
-    monkeypatch.setattr(store, "shipped_bundle_bytes", lambda: None)
+    monkeypatch.setattr(versions, "shipped_bundle_bytes", lambda: None)
     with session_scope(url) as session, pytest.raises(store.NoModelError, match="ser-cli train"):
         store.ensure_active_version(session)
 
@@ -87,9 +92,50 @@ def test_failed_uploads_keep_their_error(url):
     assert all(row["error"] == "cannot read file" and row["emotion"] is None for row in failed)
 
 
+def test_the_shipped_bundle_becomes_the_active_version_once(url):
+    with session_scope(url) as session:
+        first = store.ensure_active_version(session)
+    with session_scope(url) as session:
+        assert store.ensure_active_version(session).id == first.id
+        assert session.scalar(select(func.count()).select_from(ModelVersion)) == 1
+    assert first.source == "shipped" and first.version == read_manifest(first.bundle).version
+
+
+def test_losing_the_first_run_race_takes_the_winners_version(url, monkeypatch):
+    """Two processes find the store empty at once; the second to register the shipped bundle
+    hits the unique version, rolls back its savepoint only and uses the winner's row."""
+    bundle = shipped_bundle_bytes()
+    with session_scope(url) as session:  # the winner, committed between our checks and insert
+        winner = store.register_version(
+            session, bundle, read_manifest(bundle), source="shipped", activate=False
+        )
+    real_find = versions.find_version
+    calls = []
+
+    def find_nothing_first(session, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real_find(session, name)
+
+    monkeypatch.setattr(versions, "find_version", find_nothing_first)
+    with session_scope(url) as session:
+        version = store.ensure_active_version(session)
+        uploads = [store.ClipUpload("a.wav", b"bytes")]
+        # The transaction goes on after the rolled-back savepoint.
+        store.create_submission(
+            session, uploads, kind="predict", label_scheme="auto", model_version_id=version.id
+        )
+    assert len(calls) == 2 and version.id == winner.id
+    with session_scope(url) as session:
+        assert store.active_version(session).id == winner.id
+        assert session.scalar(select(func.count()).select_from(ModelVersion)) == 1
+
+
 def test_cli_and_celery_app_do_not_import_tensorflow_or_librosa():
+    modules = [f"cli.{module.name}" for module in pkgutil.iter_modules(cli.__path__)]
+    assert "cli.main" in modules and "cli.render" in modules
+    imports = ", ".join([*modules, "ser_worker", "ser_worker.service.celery_app"])
     code = (
-        "import sys, cli.main, ser_worker, ser_worker.service.tasks; "
+        f"import sys, {imports}, ser_worker.service.tasks; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'librosa') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

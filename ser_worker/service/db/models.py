@@ -153,3 +153,7 @@ class Evaluation(Base):
     skipped: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The timeline's tables live in their own module; importing them here puts them in Base.metadata.
+from ser_worker.service.db import timeline  # noqa: E402, F401

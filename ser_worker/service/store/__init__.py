@@ -8,7 +8,6 @@ from ser_worker.service.store.audio import audio_data, sha256_hex, store_audio
 from ser_worker.service.store.evaluations import (
     evaluation_report,
     evaluations_listing,
-    find_evaluation,
     labelled_outcomes,
     save_evaluation,
     submission_summary,
@@ -61,9 +60,11 @@ from ser_worker.service.store.versions import (
     activate_version,
     active_version,
     ensure_active_version,
+    find_or_register_shipped,
     find_version,
     promote_version,
     register_version,
+    shipped_version_name,
     versions_listing,
 )
 
@@ -87,8 +88,8 @@ __all__ = [
     "evaluations_listing",
     "existing_predictions",
     "fail_run",
-    "find_evaluation",
     "find_run",
+    "find_or_register_shipped",
     "find_version",
     "finish_run",
     "labelled_items",
@@ -114,6 +115,7 @@ __all__ = [
     "save_predictions",
     "schedule_run",
     "sha256_hex",
+    "shipped_version_name",
     "status_counts",
     "store_audio",
     "submission_kind",

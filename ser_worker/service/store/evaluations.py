@@ -96,15 +96,6 @@ def evaluations_listing(session: Session, limit: int = 20) -> list[dict[str, Any
     return listing
 
 
-def find_evaluation(session: Session, submission_prefix: str) -> list[str]:
-    """Submission ids of stored evaluations that start with ``submission_prefix``."""
-    escaped = submission_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    query = select(Evaluation.submission_id).where(
-        Evaluation.submission_id.like(f"{escaped}%", escape="\\")
-    )
-    return list(session.scalars(query.limit(2)))
-
-
 def submission_summary(session: Session, submission_id: str) -> dict[str, Any]:
     """Counts, the ensemble's emotions and failures, and scores where clips carry labels."""
     rows = result_rows(session, submission_id)

@@ -70,10 +70,6 @@ def save_predictions(session: Session, rows: Sequence[dict[str, Any]], *, overwr
     session.execute(statement)
 
 
-# How `result_rows` can order its rows; submission order (the order files were found) otherwise.
-SORT_KEYS: tuple[str, ...] = ("confidence", "clip", "emotion")
-
-
 def version_models(manifest: Mapping[str, Any]) -> tuple[str, ...]:
     """The result models a version predicts: its CNNs, the speech encoder when it has one
     (versions made before it, or trained on clips lacking a class, have none), the ensemble."""
@@ -124,7 +120,8 @@ def result_rows(
         session, [item.sha256 for item in items if item.sha256], submission.model_version_id or -1
     )
     if version is not None:
-        models = [model for model in models if model in version_models(version.manifest)]
+        available = version_models(version.manifest)
+        models = [model for model in models if model in available]
     seen = TrainingClips(version.manifest if version is not None else None)
     rows: list[dict[str, Any]] = []
     for item in items:
@@ -159,6 +156,8 @@ _SORTS = {
     "clip": lambda row: (row["clip"], RESULT_MODELS.index(row["model"])),
     "emotion": lambda row: (row["emotion"] or "~", _confidence_first(row)),
 }
+# How `result_rows` can order its rows; submission order (the order files were found) otherwise.
+SORT_KEYS: tuple[str, ...] = tuple(_SORTS)
 
 
 def _result_row(submission_id, item, model, version, prediction, in_training) -> dict[str, Any]:

@@ -101,6 +101,21 @@ def ensure_active_version(session: Session) -> ModelVersion:
     return version
 
 
+def shipped_version_name() -> str | None:
+    """The version name of the bundle shipped in the package, if it ships one."""
+    bundle = shipped_bundle_bytes()
+    return read_manifest(bundle).version if bundle is not None else None
+
+
+def find_or_register_shipped(session: Session, name: str) -> ModelVersion | None:
+    """The version called ``name``; the shipped bundle is registered on demand, so a store that
+    never served it (training came first) can still roll back to it."""
+    version = find_version(session, name)
+    if version is None and name == shipped_version_name():
+        version = _register_shipped(session, shipped_bundle_bytes())
+    return version
+
+
 def _register_shipped(session: Session, bundle: bytes) -> ModelVersion:
     manifest = read_manifest(bundle)
     try:
