@@ -302,19 +302,20 @@ def inputs_1d(
     features_list: Sequence[ClipFeatures], settings: FeatureSettings, normalizer: Normalizer
 ) -> np.ndarray:
     """input_1d of every clip, stacked: (N, 2 * seq_frames, 1)."""
-    x = np.empty((len(features_list), *settings.input_shape_1d), dtype=np.float32)
-    for i, features in enumerate(features_list):
-        x[i] = input_1d(features, settings, normalizer)
-    return x
+    return _stacked(input_1d, settings.input_shape_1d, features_list, settings, normalizer)
 
 
 def inputs_2d(
     features_list: Sequence[ClipFeatures], settings: FeatureSettings, normalizer: Normalizer
 ) -> np.ndarray:
     """input_2d of every clip (centred windows), stacked: (N, n_mels, mel_frames, 1)."""
-    x = np.empty((len(features_list), *settings.input_shape_2d), dtype=np.float32)
+    return _stacked(input_2d, settings.input_shape_2d, features_list, settings, normalizer)
+
+
+def _stacked(one, shape, features_list, settings, normalizer) -> np.ndarray:
+    x = np.empty((len(features_list), *shape), dtype=np.float32)
     for i, features in enumerate(features_list):
-        x[i] = input_2d(features, settings, normalizer)
+        x[i] = one(features, settings, normalizer)
     return x
 
 
