@@ -4,14 +4,14 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy.exc import OperationalError as DatabaseError
+from sqlalchemy.exc import SQLAlchemyError
 
 from cli import render
-from cli.safe import scrub
-from cli.wait import ServiceError
-from ser_worker.config import Settings, database_error_reason, database_location
+from cli.wait import ServiceError, describe_database_error
+from ser_worker.config import Settings
 from ser_worker.datasets import verify_crema_d
 from ser_worker.service.db.migrate import upgrade_database
+from ser_worker.service.db.session import StoreError, check_sqlite_file, embedded_store_lock
 
 
 @click.command(name="verify-crema-d")
@@ -43,9 +43,9 @@ def upgrade(settings: Settings) -> None:
     Example: SER_DATABASE_URL=postgresql+psycopg://ser@db/ser ser-cli db upgrade
     """
     try:
-        upgrade_database()
-    except DatabaseError as error:
-        where = database_location(settings.database)
-        reason = scrub(database_error_reason(error), settings.database)
-        raise ServiceError(f"database unavailable at {where}: {reason}") from None
+        with embedded_store_lock(settings.database):
+            check_sqlite_file(settings.database)
+            upgrade_database()
+    except (StoreError, SQLAlchemyError) as error:
+        raise ServiceError(describe_database_error(error, settings.database)) from None
     click.echo("database schema is up to date")

@@ -73,7 +73,7 @@ def evaluations(
 
     Example: ser-cli evaluations 3f2c --plot ./plots
     """
-    check_services(settings)
+    check_services(settings, broker=False)
     if submission is None:
         with session_scope() as session:
             listing = store.evaluations_listing(session, limit)

@@ -19,9 +19,10 @@ except SettingsError as error:
     raise SystemExit(f"Error: {error}") from None
 
 from cli import admin, evaluate, models, results, runs, submit, timeline, train  # noqa: E402
+from cli.wait import GuardedGroup  # noqa: E402
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ser")
 @click.pass_context
 def cli(context: click.Context) -> None:

@@ -28,7 +28,7 @@ def models_command(settings: Settings, as_json: bool, activate: str | None) -> N
 
     Example: ser-cli models --json
     """
-    check_services(settings)
+    check_services(settings, broker=False)
     if activate:
         _activate(activate)
     with session_scope() as session:

@@ -110,7 +110,7 @@ def results(
     if models and all_models:
         raise click.UsageError("--model and --all-models: give one of them")
     fmt = file_format(output, output_format)
-    check_services(settings)
+    check_services(settings, broker=False)
     submission_id = resolve_submission(submission)
     from cli.timeline import recording_results  # a timeline's recordings: one summary row each
 
@@ -179,7 +179,7 @@ def submissions(
 
     Example: ser-cli submissions --kind evaluate; ser-cli results 3f2c
     """
-    check_services(settings)
+    check_services(settings, broker=False)
     ids = (resolve_submission(submission),) if submission else ()
     with session_scope() as session:
         listing = store.submissions_listing(session, ids=ids, kinds=kinds, limit=limit)

@@ -25,7 +25,7 @@ def runs_command(settings: Settings, run_id: int | None, limit: int, as_json: bo
 
     Example: ser-cli runs 3
     """
-    check_services(settings)
+    check_services(settings, broker=False)
     with session_scope() as session:
         if run_id is None:
             report: Any = store.runs_listing(session, limit)

@@ -10,12 +10,12 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from cli import render, safe
 from cli.collect import Collected, NothingToSubmit, collect, store_clips
 from cli.render import console
-from cli.wait import ServiceError, check_services, progress, wait_for_items
+from cli.wait import ServiceError, check_broker, check_services, progress, wait_for_items
 from ser_worker.bundle import BundleError
 from ser_worker.config import Settings
 from ser_worker.datasets import SCHEMES
 from ser_worker.service import store
-from ser_worker.service.db.session import session_scope
+from ser_worker.service.db.session import embedded_store_lock, session_scope
 
 labels_option = click.option(
     "--labels",
@@ -68,7 +68,9 @@ def submit_clips(
     """
     collected = collect_or_fail(list(paths), scheme, settings)
     check_services(settings)
-    with session_scope() as session:
+    # Two first submits on a fresh embedded store take turns to activate the shipped model
+    # (SQLite has no row locks to make the loser wait); a no-op on PostgreSQL.
+    with embedded_store_lock(settings.database), session_scope() as session:
         version_id = _version(session, version_name).id
     report_skipped(collected)
     requeue_stranded(settings)
@@ -160,6 +162,8 @@ def requeue_stranded(settings: Settings, submission_id: str | None = None) -> No
     are no longer pending, and a prediction is stored once per clip and model version."""
     with session_scope() as session:
         stranded = store.never_enqueued(session, submission_id)
+    if stranded and not settings.embedded:
+        check_broker(settings)
     for stranded_id in stranded:
         with session_scope() as session:
             batches = store.pending_item_batches(session, stranded_id, settings.batch_size)
@@ -281,11 +285,14 @@ def status(settings: Settings, submission: str | None, as_json: bool) -> None:
 
     Example: ser-cli status 3f2c...
     """
-    check_services(settings)
+    check_services(settings, broker=False)  # a read: it works while the broker is down
     submission_id = resolve_submission(submission)
     if not settings.embedded:
         # Embedded, queueing is processing: a status is no time to start it, a submit is.
-        requeue_stranded(settings, submission_id)
+        try:
+            requeue_stranded(settings, submission_id)
+        except ServiceError as error:
+            console.print(f"clips not queued: {error.message}", style="yellow", markup=False)
     with session_scope() as session:
         counts = store.status_counts(session, submission_id)
     state = "processing" if counts.get("pending") else "finished"

@@ -9,16 +9,21 @@ import click
 from kombu.exceptions import OperationalError as BrokerError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import OperationalError as DatabaseError
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cli import safe
 from cli.render import console
-from ser_worker.config import Settings, database_error_reason, database_location
+from ser_worker.config import Settings, database_error_reason, database_location, get_settings
 from ser_worker.service import store
-from ser_worker.service.celery_app import INFERENCE_QUEUE, app
+from ser_worker.service.celery_app import BROKER_TIMEOUT_S, INFERENCE_QUEUE, app
 from ser_worker.service.db.migrate import upgrade_database
-from ser_worker.service.db.session import session_scope
+from ser_worker.service.db.session import (
+    StoreError,
+    check_sqlite_file,
+    embedded_store_lock,
+    session_scope,
+)
 
 POLL_SECONDS = 0.5
 # How long `--wait` sees no progress before it asks whether any worker consumes the queue.
@@ -30,33 +35,95 @@ class ServiceError(click.ClickException):
     """The database or broker cannot be reached, or the store cannot serve the request."""
 
 
-def check_services(settings: Settings) -> None:
-    """Fail fast with a clear message instead of leaving a submission nobody will process."""
+# What the driver says, and what the user should do about it. The first match wins; the
+# default (a server not reachable at all) suggests checking it runs.
+_DATABASE_HINTS = (
+    (
+        ("no such table", "no such column", "undefinedtable", "undefinedcolumn"),
+        "The schema is not migrated: run `ser-cli db upgrade` once. ",
+    ),
+    # The server answered and refused: its reason says what to fix (a role, a database name).
+    (("does not exist", "authentication failed", "no pg_hba.conf entry"), ""),
+    (("timeout expired", "timed out"), "It accepted the connection but did not answer. "),
+    (
+        ("readonly database", "read-only", "unable to open database file"),
+        "The store cannot be written: give this user write access to it and its folder, or set "
+        "SER_DATA_DIR to a writable folder. ",
+    ),
+    (("disk is full", "no space left"), "Free some disk space and run the command again. "),
+    (
+        ("not a database", "malformed", "file is encrypted"),
+        "The store is corrupt: restore it from a backup, or move it aside to start a new one. ",
+    ),
+)
+
+
+def describe_database_error(error: BaseException, database_url: str) -> str:
+    """One line for a database failure: where, the driver's reason (no SQL, no password), and
+    the hint that fits it."""
+    if isinstance(error, StoreError):
+        return str(error)
+    # A failure inside a savepoint can undo the savepoint too (SQLite rolls back the whole
+    # transaction when the disk is full): the first database error is the one that says why.
+    while isinstance(error.__context__, SQLAlchemyError):
+        error = error.__context__
+    reason = safe.scrub(database_error_reason(error), database_url)
+    lowered = f"{type(getattr(error, 'orig', error)).__name__} {reason}".lower()
+    hint = "Is it running and reachable? "
+    for needles, advice in _DATABASE_HINTS:
+        if any(needle in lowered for needle in needles):
+            hint = advice
+            break
+    where = f"{database_location(database_url)} ({safe.url(database_url)})"
+    return f"database unavailable at {where}: {reason}. {hint}".rstrip()
+
+
+def check_services(settings: Settings, *, broker: bool = True) -> None:
+    """Fail fast with a clear message instead of leaving a submission nobody will process.
+
+    ``broker=False`` for commands that only read the database: they work during a broker outage.
+    """
     try:
         if settings.database.startswith("sqlite"):
             # The embedded store builds (or updates) its own schema: there is no deploy step.
-            upgrade_database()
+            # Two first commands at once take turns; a damaged file is reported, not rebuilt.
+            with embedded_store_lock(settings.database):
+                check_sqlite_file(settings.database)
+                upgrade_database()
         with session_scope() as session:
             store.ping(session)
-    except (DatabaseError, ProgrammingError) as error:
+    except (StoreError, SQLAlchemyError) as error:
+        raise ServiceError(describe_database_error(error, settings.database)) from None
+    if broker and not settings.embedded:
+        check_broker(settings)
+
+
+def check_broker(settings: Settings) -> None:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+    except (BrokerError, OSError, TypeError, ValueError, KeyError, ImportError) as error:
+        # kombu raises TypeError or ValueError for a URL it cannot parse (a non-numeric
+        # port, a password given twice), KeyError for an unknown scheme: still the broker's
+        # address, not a crash. The driver's message may quote the URL too.
+        reason = safe.scrub(error, settings.broker_url)
+        if isinstance(error, KeyError):
+            reason = f"{reason} (SER_BROKER_URL must be redis://host:port/db)"
         raise ServiceError(
-            f"database unavailable or not migrated at {database_location(settings.database)} "
-            f"({safe.url(settings.database)}): "
-            f"{safe.scrub(database_error_reason(error), settings.database)}. "
-            "Is it running? Run `ser-cli db upgrade` once."
+            f"broker unreachable ({safe.url(settings.broker_url)}): {reason}"
         ) from None
-    if not settings.embedded:
+
+
+class GuardedGroup(click.Group):
+    """A database failure in the middle of any command (disk full, the store damaged or
+    locked meanwhile) ends in one clear line, never in a traceback that dumps SQL and values."""
+
+    def invoke(self, ctx: click.Context):
         try:
-            with app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=5)
-        except (BrokerError, OSError, TypeError, ValueError) as error:
-            # kombu raises TypeError or ValueError for a URL it cannot parse (a non-numeric
-            # port, a password given twice): still the broker's address, not a crash.
-            # One helper masks every URL shown; the driver's message may quote the URL too.
-            reason = safe.scrub(error, settings.broker_url)
-            raise ServiceError(
-                f"broker unreachable ({safe.url(settings.broker_url)}): {reason}"
-            ) from None
+            return super().invoke(ctx)
+        except (StoreError, SQLAlchemyError) as error:
+            url = get_settings().database
+            raise ServiceError(describe_database_error(error, url)) from None
 
 
 def progress(visible: bool = True) -> Progress:

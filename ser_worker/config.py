@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         1_000_000_000, ge=1, description="Largest accepted recording file (PostgreSQL bytea: 1 GB)."
     )
     vad_threshold: float = Field(
-        0.5, gt=0, lt=1, description="Silero VAD speech probability above which a frame is speech."
+        0.35, gt=0, lt=1, description="Silero VAD speech probability above which a frame is speech."
     )
     vad_min_silence_s: float = Field(
         0.3, ge=0, description="Pauses shorter than this do not split a speech segment."
@@ -104,6 +104,20 @@ class Settings(BaseSettings):
             "the workers' ser_worker loggers (default: celery's -l)."
         ),
     )
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        # SER_DATA_DIR= (set but empty) would be Path(""), the current directory: a store
+        # created wherever the command happens to run. Empty means unset.
+        if isinstance(value, str) and not value.strip():
+            return _default_data_dir()
+        return value
+
+    @field_validator("database_url", "broker_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod

@@ -12,6 +12,8 @@ from ser_worker.config import SettingsError, get_settings
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
+# Seconds a broker may take to accept a connection or answer a command.
+BROKER_TIMEOUT_S = 5.0
 
 try:
     settings = get_settings()
@@ -36,7 +38,16 @@ app.conf.update(
     # A whole worker killed (host lost, SIGKILL) cannot give its task back: Redis hands it to
     # another worker after this timeout. Above the longest task (a training run), or a task
     # still running is delivered a second time; the tasks make that harmless, not free.
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    # Bounded socket waits: a broker that accepts TCP and never answers (frozen, half-open)
+    # ends a publish or a check with an error within seconds instead of hanging for ever.
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": BROKER_TIMEOUT_S,
+        "socket_timeout": BROKER_TIMEOUT_S,
+    },
+    broker_connection_timeout=BROKER_TIMEOUT_S,
+    # A publish to a broker that stopped answering is tried twice, not four times.
+    task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 1},
     task_queues=(Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE)),
     task_default_queue=INFERENCE_QUEUE,
     task_routes={"ser.train": {"queue": TRAINING_QUEUE}, "ser.retrain": {"queue": TRAINING_QUEUE}},

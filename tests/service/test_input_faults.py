@@ -187,7 +187,8 @@ def test_passwords_in_urls_are_never_printed(service_env):
     }
     secret_broker = {**service_env, "SER_BROKER_URL": "redis://:S3cret@127.0.0.1:1/0"}
 
-    results = [_cli(secret_db, "status")[0], _cli(secret_broker, "status")[0]]
+    # `status` reads the database only (#18 item 5); `resume` checks the broker too.
+    results = [_cli(secret_db, "status")[0], _cli(secret_broker, "resume")[0]]
 
     for result in results:
         assert result.returncode != 0

@@ -303,7 +303,8 @@ def test_passwords_in_urls_are_never_printed(env, monkeypatch, variable, url):
     # The Celery app read its broker at import; the CLI process would have read this one.
     monkeypatch.setitem(celery_app.conf, "broker_url", url)
 
-    result = CliRunner().invoke(ser_cli, ["status"])
+    # `resume` checks both services; `status` is a read and needs no broker (#18 item 5).
+    result = CliRunner().invoke(ser_cli, ["resume"])
 
     assert result.exit_code != 0
     assert "unavailable" in result.output or "unreachable" in result.output

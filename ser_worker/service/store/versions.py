@@ -62,12 +62,23 @@ def activate_version(session: Session, version: ModelVersion) -> None:
 
 
 def promote_version(session: Session, version: ModelVersion) -> None:
-    """Make ``version`` the active one, unless its bundle is damaged (BundleError).
+    """Make ``version`` the active one, unless its bundle is damaged or cannot predict
+    (BundleError).
 
-    Checked before the active flag moves, so the version active now keeps serving.
+    Checked before the active flag moves, so the version active now keeps serving. The
+    prediction check loads the bundle (Keras or onnxruntime, the speech encoder) in the calling
+    process: `models --activate`, a first submit on a fresh store, a training promotion.
     """
     verify_bundle_bytes(version.bundle, version.bundle_sha256)
+    check_predicts(version.bundle)
     activate_version(session, version)
+
+
+def check_predicts(data: bytes) -> None:
+    """The bundle loads and predicts the built-in clip; tests without Keras replace this."""
+    from ser_worker.bundle.smoke import check_bundle_predicts
+
+    check_bundle_predicts(data)
 
 
 def ensure_active_version(session: Session) -> ModelVersion:
