@@ -116,8 +116,15 @@ class Worker:
     their chatter would only add start-up time and noise to the logs being read."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, *, queue: str = "inference", concurrency: int = 1
+        self,
+        env: dict[str, str],
+        log: Path,
+        *,
+        queue: str = "inference",
+        concurrency: int = 1,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """`prefix`: a command the worker runs under (benchmarks/hosts.py: `ip netns exec NS`)."""
         self.log = log
         self.concurrency = concurrency
         self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
@@ -125,6 +132,7 @@ class Worker:
         self.ready_at: float | None = None
         self.process = subprocess.Popen(
             [
+                *prefix,
                 str(BIN / "celery"),
                 "-A",
                 "ser_worker",

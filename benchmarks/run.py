@@ -19,6 +19,8 @@ and memory do not colour the next one's figures.
 2. Inference in one process with all cores, and the compute floor (benchmarks/inference.py).
 3. End to end through Redis, PostgreSQL and real Celery workers (benchmarks/service.py, on the
    services benchmarks/harness.py starts, as the integration tests do).
+3b. Hosts: 1 and 2 worker hosts in network namespaces, and a link cut (benchmarks/hosts.py;
+   skipped with its reason where `ip netns` is not permitted).
 4. Training: seconds per epoch, memory with augmented copies (benchmarks/training.py).
 5. Peak RSS (VmHWM) per worker process, in-process baseline and training job
    (benchmarks/memory.py reads them; the table is benchmarks/report.py).
@@ -55,7 +57,7 @@ if sys.path and Path(sys.path[0]).resolve() == REPO / "benchmarks":
 elif str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import features, inference, service, training  # noqa: E402
+from benchmarks import features, hosts, inference, service, training  # noqa: E402
 from benchmarks.harness import SINGLE_THREAD, TAG, child_env, emit, load_average  # noqa: E402
 from benchmarks.report import print_table, summary_keys, targets  # noqa: E402
 
@@ -158,6 +160,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-features", action="store_true")
     p.add_argument("--skip-inference", action="store_true")
+    p.add_argument("--skip-hosts", action="store_true", help="no network-namespace hosts section")
+    p.add_argument("--hosts-clips", type=int, default=96, help="clips per hosts measurement")
+    p.add_argument("--hosts-batch", type=int, default=8, help="SER_BATCH_SIZE of the hosts runs")
+    p.add_argument("--hosts-repeats", type=int, default=2)
     p.add_argument("--inference-clips", type=int, default=INFERENCE_CLIPS)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--profile", help="py-spy raw profiles of the 1-process worker go here")
@@ -194,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit(result)
         return 0
     if args.report:
-        print_table(json.loads(Path(args.report).read_text()))
+        saved = json.loads(Path(args.report).read_text())
+        print_table(saved)
+        hosts.print_rows(saved)
         return 0
 
     started = time.time()
@@ -232,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if not args.skip_service:
             results["service"] = service.run_service(bench, bundle, clips)
+        if not args.skip_hosts:
+            results["hosts"] = hosts.run_hosts(bench, bundle, clips)
         if not args.skip_training:
             results["training"] = training.run_training(bench, clips)
         finished = True
@@ -242,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"work folder (logs): {workdir}", file=sys.stderr)
 
     results.update(summary_keys(results))
+    results.update(hosts.summary_keys(results))
     results["targets"] = targets(results)
     results["meta"] = {
         "cpus": os.cpu_count(),
@@ -261,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print_table(results)
+        hosts.print_rows(results)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 ``Bundle.predict`` is the one place that knows each member's preprocessing. ``manifest``: the
 typed manifest; ``archive``: zip I/O; ``core``: the loaded Bundle; ``build``: a new bundle and
-its version. Keras and the feature code load lazily, so reading a manifest (the CLI,
-promotion) stays cheap.
+its version; ``onnx``: the CNNs' ONNX exports, which let inference run without TensorFlow.
+Keras and the feature code load lazily, so reading a manifest (the CLI, promotion) stays cheap.
 """
 
 from ser_worker.bundle.archive import (

@@ -1,4 +1,5 @@
-"""A bundle's zip: ``manifest.json``, a ``<name>.weights.h5`` per CNN and, optionally,
+"""A bundle's zip: ``manifest.json``, a ``<name>.weights.h5`` per CNN (with its ONNX export
+``<name>.onnx`` in bundles written since they exist: bundle.onnx) and, optionally,
 ``encoder_head.npz``: the linear head read on the pretrained speech encoder's vectors
 (ser_worker.models.encoder; the encoder's own weights come from its packages, pinned by hash in
 the manifest).
@@ -34,11 +35,18 @@ from ser_worker.bundle.manifest import (
 )
 
 if TYPE_CHECKING:
+    import keras
+
     from ser_worker.features.study import FeatureSettings
     from ser_worker.models.encoder import LinearHead
 
 SHIPPED_BUNDLE = "default_bundle.zip"
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError)
+# Read from the zip's directory before any member is inflated: a small zip can claim (and
+# inflate to) gigabytes. Far above any real member; a bundle is about 20 MB.
+MAX_MEMBER_BYTES = 256 * 2**20
+MAX_MANIFEST_BYTES = 4 * 2**20
+MAX_BUNDLE_BYTES = 1024 * 2**20
 
 
 def shipped_bundle_bytes() -> bytes | None:
@@ -89,6 +97,8 @@ def bundle_bytes(bundle: Bundle) -> bytes:
                 weights_path = Path(tmp) / entry.weights
                 bare.save_weights(weights_path)
                 archive.write(weights_path, entry.weights)
+                if entry.onnx:
+                    archive.writestr(entry.onnx, _export(bundle.models[name], bare))
             if bundle.encoder_head is not None:
                 archive.writestr(ENCODER_HEAD_NAME, bundle.encoder_head.to_bytes())
     return buffer.getvalue()
@@ -120,10 +130,17 @@ def read_manifest(source: str | Path | bytes) -> Manifest:
         return _manifest_from(archive)
 
 
-def load_bundle(source: str | Path | bytes) -> Bundle:
-    """Load and validate a bundle; any problem is raised as a BundleError."""
-    from ser_worker.models.cnn import build_model
+def load_bundle(source: str | Path | bytes, *, runtime: str = "auto") -> Bundle:
+    """Load and validate a bundle; any problem is raised as a BundleError.
 
+    `runtime`: "auto" runs each CNN that has an ONNX export on onnxruntime (when installed;
+    TensorFlow is then never imported for it) and the others on Keras; "keras" runs all on
+    Keras; "onnx" requires an export of every CNN.
+    """
+    from ser_worker.bundle import onnx
+
+    if runtime not in ("auto", "keras", "onnx"):
+        raise ValueError(f"runtime must be auto, keras or onnx, not {runtime!r}")
     with _open_zip(source) as archive:
         manifest = _manifest_from(archive)
         bundle = Bundle(manifest=manifest, models={})
@@ -133,26 +150,69 @@ def load_bundle(source: str | Path | bytes) -> Bundle:
         except Exception as exc:  # from_dict of a malformed manifest can fail in many ways
             raise BundleError(f"invalid feature settings or normalizer in manifest: {exc}") from exc
         _check_shapes(manifest, settings)
-        with tempfile.TemporaryDirectory(prefix="ser-bundle-") as tmp:
-            for name, entry in manifest.models.items():
-                weights_name = entry.weights
-                try:
-                    data = archive.read(weights_name)
-                except KeyError:
-                    raise BundleError(f"bundle has no weights file {weights_name!r}") from None
-                except _ZIP_ERRORS as exc:
-                    raise BundleError(f"weights {weights_name!r} are corrupt: {exc}") from exc
-                weights_path = Path(tmp) / f"{name}{WEIGHTS_SUFFIX}"
-                weights_path.write_bytes(data)
-                model = build_model(name, tuple(entry.input_shape))
-                try:
-                    model.load_weights(weights_path)
-                except Exception as exc:  # h5py and Keras raise many unrelated types
-                    raise BundleError(f"cannot load weights for {name}: {exc}") from exc
-                bundle.models[name] = model
+        use_onnx = runtime != "keras" and (runtime == "onnx" or onnx.runtime_available())
+        for name, entry in manifest.models.items():
+            data = _member(archive, entry.weights, "weights")
+            shape = tuple(entry.input_shape)
+            if use_onnx and entry.onnx:
+                _check_weights(name, data)
+                export = _member(archive, entry.onnx, "ONNX export")
+                bundle.models[name] = onnx.OnnxCnn(
+                    name, shape, export, lambda n=name, s=shape, d=data: _keras_model(n, s, d)
+                )
+            elif runtime == "onnx":
+                raise BundleError(f"bundle has no ONNX export of {name}")
+            else:
+                bundle.models[name] = _keras_model(name, shape, data)
         if manifest.encoder is not None:
             bundle.encoder_head = _encoder_head_from(archive, manifest.encoder)
     return bundle
+
+
+def _member(archive: zipfile.ZipFile, filename: str, what: str) -> bytes:
+    try:
+        return archive.read(filename)
+    except KeyError:
+        raise BundleError(f"bundle has no {what} file {filename!r}") from None
+    except _ZIP_ERRORS as exc:
+        raise BundleError(f"{what} {filename!r} are corrupt: {exc}") from exc
+
+
+def _keras_model(name: str, shape: tuple[int, ...], weights: bytes) -> keras.Model:
+    from ser_worker.models.cnn import build_model
+
+    model = build_model(name, shape)
+    with tempfile.TemporaryDirectory(prefix="ser-bundle-") as tmp:
+        # Keras only reads weights from a real file whose name ends in .weights.h5.
+        weights_path = Path(tmp) / f"{name}{WEIGHTS_SUFFIX}"
+        weights_path.write_bytes(weights)
+        try:
+            model.load_weights(weights_path)
+        except Exception as exc:  # h5py and Keras raise many unrelated types
+            raise BundleError(f"cannot load weights for {name}: {exc}") from exc
+    return model
+
+
+def _check_weights(name: str, weights: bytes) -> None:
+    """Unread while the export serves, the weights must still be sound for when Keras needs
+    them (training, re-writing the bundle): an HDF5 file with the model's weights in it."""
+    import h5py
+
+    try:
+        with h5py.File(io.BytesIO(weights), "r") as f:
+            if not len(f):
+                raise ValueError("no weights in the file")
+    except Exception as exc:  # h5py raises many unrelated types
+        raise BundleError(f"cannot load weights for {name}: {exc}") from exc
+
+
+def _export(model: object, bare: keras.Model) -> bytes:
+    """A member's ONNX export: the one it was loaded with, or a new one of its weights."""
+    from ser_worker.bundle import onnx
+
+    if isinstance(model, onnx.OnnxCnn):
+        return model.onnx_bytes
+    return onnx.export_cnn(bare)
 
 
 def _encoder_head_from(archive: zipfile.ZipFile, entry: EncoderEntry) -> LinearHead:
@@ -183,24 +243,57 @@ def _encoder_head_from(archive: zipfile.ZipFile, entry: EncoderEntry) -> LinearH
 def _open_zip(source: str | Path | bytes) -> zipfile.ZipFile:
     try:
         if isinstance(source, bytes | bytearray | memoryview):
-            return zipfile.ZipFile(io.BytesIO(bytes(source)))
-        return zipfile.ZipFile(Path(source))
+            archive = zipfile.ZipFile(io.BytesIO(bytes(source)))
+        else:
+            archive = zipfile.ZipFile(Path(source))
     except FileNotFoundError:
         raise BundleError(f"bundle not found: {source}") from None
     except _ZIP_ERRORS as exc:
         raise BundleError(f"not a readable bundle zip: {exc}") from exc
+    try:
+        _check_sizes(archive)
+    except BundleError:
+        archive.close()
+        raise
+    return archive
+
+
+def _check_sizes(archive: zipfile.ZipFile) -> None:
+    total = 0
+    for info in archive.infolist():
+        limit = MAX_MANIFEST_BYTES if info.filename == MANIFEST_NAME else MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise BundleError(
+                f"bundle member {info.filename!r} would inflate to {info.file_size} bytes, "
+                f"over the limit of {limit}: not read"
+            )
+        total += info.file_size
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleError(
+            f"bundle would inflate to {total} bytes, over the limit of {MAX_BUNDLE_BYTES}: not read"
+        )
 
 
 def _manifest_from(archive: zipfile.ZipFile) -> Manifest:
     try:
-        manifest = json.loads(archive.read(MANIFEST_NAME))
+        # NaN and Infinity are not JSON: an ensemble weight of Infinity would mix into NaN.
+        manifest = json.loads(archive.read(MANIFEST_NAME), parse_constant=_no_constant)
     except KeyError:
         raise BundleError(f"bundle has no {MANIFEST_NAME}") from None
     except _ZIP_ERRORS as exc:
         raise BundleError(f"{MANIFEST_NAME} is corrupt: {exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise BundleError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    return Manifest.model_validate(manifest)
+    except RecursionError:
+        raise BundleError(f"{MANIFEST_NAME} is nested too deeply to be a manifest") from None
+    try:
+        return Manifest.model_validate(manifest)
+    except RecursionError:
+        raise BundleError(f"{MANIFEST_NAME} is nested too deeply to be a manifest") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a manifest may hold")
 
 
 def _check_shapes(manifest: Manifest, settings: FeatureSettings) -> None:

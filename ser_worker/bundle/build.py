@@ -22,6 +22,7 @@ from ser_worker.bundle.manifest import (
     Preprocessing,
     check_ensemble_weights,
 )
+from ser_worker.bundle.onnx import ONNX_SUFFIX, exporter_available
 from ser_worker.labels import EMOTIONS, ENCODER, MODEL_NAMES
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def create_bundle(
                 "input_shape": list(input_shape(name, feature_settings)),
                 "weights": f"{name}{WEIGHTS_SUFFIX}",
                 "parameters": int(model.count_params()),
+                # Written by bundle_bytes when the environment can export (bundle.onnx).
+                **({"onnx": f"{name}{ONNX_SUFFIX}"} if exporter_available() else {}),
             }
             for name, model in sorted(models.items())
         },
@@ -104,8 +107,19 @@ def create_bundle(
 def _content_hash(
     manifest: dict[str, Any], models: dict[str, keras.Model], head: LinearHead | None
 ) -> str:
-    """sha256 of the manifest (its version still None) and every weight, in a fixed order."""
-    digest = hashlib.sha256(_canonical_json(manifest))
+    """sha256 of the manifest (its version still None) and every weight, in a fixed order.
+
+    The ONNX exports are left out: they are derived from the weights hashed here, and adding
+    them to a stored bundle (bundle.onnx.add_exports) must not change its version.
+    """
+    exportless = {
+        **manifest,
+        "models": {
+            name: {key: value for key, value in entry.items() if key != "onnx"}
+            for name, entry in manifest["models"].items()
+        },
+    }
+    digest = hashlib.sha256(_canonical_json(exportless))
     for name in sorted(models):
         for array in models[name].get_weights():
             digest.update(array.tobytes())

@@ -36,6 +36,8 @@ class ModelEntry(_Entry):
     input_shape: list[int]
     weights: str
     parameters: int | None = None
+    # The ONNX export of the same weights (bundle.onnx), when the bundle carries one.
+    onnx: str | None = None
 
 
 class EncoderEntry(_Entry):

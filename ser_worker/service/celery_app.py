@@ -44,6 +44,10 @@ app.conf.update(
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_connect_timeout": BROKER_TIMEOUT_S,
         "socket_timeout": BROKER_TIMEOUT_S,
+        # Workers look for tasks whose visibility timeout ran out on every scan of this period;
+        # kombu's default (10 s x throttle 10) let a lost host's task wait 100 s past it.
+        "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout_s / 2)),
+        "unacked_restore_throttle": 1,
     },
     broker_connection_timeout=BROKER_TIMEOUT_S,
     # A publish to a broker that stopped answering is tried twice, not four times.

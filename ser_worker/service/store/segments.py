@@ -51,8 +51,10 @@ def is_segmented(session: Session, item_id: int) -> bool:
 
 
 def save_chunk(session: Session, item_id: int, index: int, flac: bytes) -> None:
-    # Core insert: a chunk is not kept in the session after it was sent.
-    session.execute(insert(session, RecordingChunk).values(item_id=item_id, index=index, flac=flac))
+    # Core insert: a chunk is not kept in the session after it was sent; a redelivered task's
+    # chunks are the ones stored already.
+    statement = insert(session, RecordingChunk).values(item_id=item_id, index=index, flac=flac)
+    session.execute(statement.on_conflict_do_nothing(index_elements=["item_id", "index"]))
 
 
 def save_recording(
@@ -64,7 +66,7 @@ def save_recording(
     chunk_s: float,
     stored_bytes: int,
 ) -> None:
-    """The segments of a decoded recording (pending), or the recording done with none."""
+    """The recording decoded and segmented (its segments stored already), or done with none."""
     session.add(
         Recording(
             item_id=item.id,
@@ -75,19 +77,40 @@ def save_recording(
             stored_bytes=stored_bytes,
         )
     )
-    session.add_all(
-        SpeechSegment(item_id=item.id, index=i, start_s=s.start_s, end_s=s.end_s)
-        for i, s in enumerate(segments)
-    )
     item.duration_s = duration_s
     if not segments:
         item.status, item.error, item.processed_at = "done", NO_SPEECH, utcnow()
 
 
-def pending_segment_batches(session: Session, item_id: int, batch_size: int) -> list[list[int]]:
+def save_segments(
+    session: Session, item_id: int, segments: Sequence[Any], *, first_index: int
+) -> None:
+    """Pending segments numbered from `first_index`; those a previous delivery stored stay."""
+    if segments:
+        rows = [
+            {
+                "item_id": item_id,
+                "index": first_index + i,
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+                "status": "pending",
+            }
+            for i, s in enumerate(segments)
+        ]
+        statement = insert(session, SpeechSegment).values(rows)
+        session.execute(statement.on_conflict_do_nothing(index_elements=["item_id", "index"]))
+
+
+def pending_segment_batches(
+    session: Session, item_id: int, batch_size: int, *, from_index: int = 0
+) -> list[list[int]]:
     ids = session.scalars(
         select(SpeechSegment.id)
-        .where(SpeechSegment.item_id == item_id, SpeechSegment.status == "pending")
+        .where(
+            SpeechSegment.item_id == item_id,
+            SpeechSegment.status == "pending",
+            SpeechSegment.index >= from_index,
+        )
         .order_by(SpeechSegment.index)
     ).all()
     return [list(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
@@ -135,7 +158,7 @@ def finish_recordings(session: Session, item_ids: Iterable[int]) -> None:
             .select_from(SpeechSegment)
             .where(SpeechSegment.item_id == item_id, SpeechSegment.status == "pending")
         )
-        if item.status == "pending" and not pending:
+        if item.status == "pending" and not pending and is_segmented(session, item_id):
             failed = session.scalar(
                 select(func.count())
                 .select_from(SpeechSegment)
@@ -168,7 +191,7 @@ def timeline_rows(
     )
     order = {model: i for i, model in enumerate(RESULT_MODELS)}
     found = sorted(
-        session.execute(query).tuples(),
+        session.execute(query).all(),
         key=lambda r: (r[0].id, r[1].start_s, r[1].index, order.get(r[2].model, len(order))),
     )
     return [
@@ -197,7 +220,7 @@ def recordings(session: Session, submission_id: str) -> list[dict[str, Any]]:
         .outerjoin(Recording, Recording.item_id == SubmissionItem.id)
         .where(SubmissionItem.submission_id == submission_id)
         .order_by(SubmissionItem.id)
-    ).tuples()
+    ).all()
     return [
         {
             "recording": item.filename,

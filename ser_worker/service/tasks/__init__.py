@@ -12,6 +12,6 @@ RETRY_OPTIONS = {
     "max_retries": 20,
 }
 
-from ser_worker.service.tasks import inference, training  # noqa: E402  (register the tasks)
+from ser_worker.service.tasks import inference, timeline, training  # noqa: E402  (register them)
 
-__all__ = ["inference", "training", "RETRY_OPTIONS", "TRANSIENT_ERRORS"]
+__all__ = ["inference", "timeline", "training", "RETRY_OPTIONS", "TRANSIENT_ERRORS"]

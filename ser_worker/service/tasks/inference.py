@@ -7,11 +7,13 @@ from ser_worker.service import pipeline, store
 from ser_worker.service.celery_app import app
 from ser_worker.service.db.models import Submission, SubmissionItem
 from ser_worker.service.db.session import session_scope
-from ser_worker.service.tasks import RETRY_OPTIONS
+from ser_worker.service.tasks import RETRY_OPTIONS, timeline
 
 
 @app.task(name="ser.infer", **RETRY_OPTIONS)
 def infer(item_ids: list[int]) -> dict[str, int]:
+    if timeline.holds_recordings(item_ids):  # a timeline's items are recordings to segment
+        return timeline.segment_recordings(item_ids)
     with session_scope() as session:
         items = session.scalars(
             select(SubmissionItem)

@@ -1,0 +1,215 @@
+"""How well the timeline finds and classifies speech: recordings built from real labelled clips
+(edge silence trimmed, joined with 0.5-2 s pauses over low background noise), segmented as the
+worker segments them (a chunk at a time), then each clip's segment classified by the shipped
+bundle and compared with the same clip classified alone.
+
+    python -m research.timeline_report --data ../shared/data --out research/results/timeline.json
+
+Figures (docs/RESULTS.md, "Timelines"): the share of joined clips found as exactly one segment
+that overlaps no other clip, the boundary error of those, and the ensemble's macro-F1 on the
+segments against the clips alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.recordings import join_clips
+from ser_worker.labels import EMOTIONS, ENSEMBLE, SAMPLE_RATE
+
+CLIPS_PER_RECORDING = 20
+CHUNK = 30 * SAMPLE_RATE  # what the worker feeds the detector at a time
+SPEECH_TOP_DB = 30.0
+
+
+def pick_clips(root: Path, count: int, seed: int):
+    """`count` labelled clips, as many of each emotion as there are, drawn at random."""
+    from ser_worker.datasets import load_dataset
+
+    rng = np.random.default_rng(seed)
+    clips = [clip for clip in load_dataset(root).clips if clip.emotion in EMOTIONS]
+    per_class = count // len(EMOTIONS)
+    chosen = []
+    for emotion in EMOTIONS:
+        pool = [clip for clip in clips if clip.emotion == emotion]
+        chosen += [pool[i] for i in rng.choice(len(pool), per_class, replace=False)]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def segment(signal: np.ndarray, settings) -> list:
+    from ser_worker.segments import SpeechDetector
+
+    detector = SpeechDetector(settings)
+    for start in range(0, signal.size, CHUNK):
+        detector.feed(signal[start : start + CHUNK])
+    return detector.segments()
+
+
+def match(joined, segments) -> list[dict]:
+    """For each clip: the segments overlapping it, and whether it is found as one segment that
+    overlaps no other clip."""
+    out = []
+    for clip in joined:
+        hits = [s for s in segments if s.start_s < clip.end_s and s.end_s > clip.start_s]
+        alone = len(hits) == 1 and all(
+            not (hits[0].start_s < other.end_s and hits[0].end_s > other.start_s)
+            for other in joined
+            if other is not clip
+        )
+        out.append({"clip": clip, "hits": hits, "one_segment": alone})
+    return out
+
+
+def speech_edges(joined) -> dict[Path, tuple[float, float]]:
+    """Where the voice is inside each clip: its edges trimmed at SPEECH_TOP_DB below the peak
+    (the files keep room noise within 60 dB of the speech, which a detector rightly leaves out)."""
+    import librosa
+
+    from ser_worker.audio import load_audio
+
+    edges = {}
+    for clip in joined:
+        y = load_audio(clip.path, trim=True)
+        _, (start, end) = librosa.effects.trim(y, top_db=SPEECH_TOP_DB)
+        edges[clip.path] = (start / SAMPLE_RATE, (len(y) - end) / SAMPLE_RATE)
+    return edges
+
+
+def measure(recordings, settings, edges) -> dict:
+    found, errors, speech_errors, seconds, audio_s = [], [], [], 0.0, 0.0
+    for signal, joined in recordings:
+        started = time.perf_counter()
+        segments = segment(signal, settings)
+        seconds += time.perf_counter() - started
+        audio_s += signal.size / SAMPLE_RATE
+        for m in match(joined, segments):
+            found.append(m["one_segment"])
+            if m["one_segment"]:
+                s, c = m["hits"][0], m["clip"]
+                errors += [abs(s.start_s - c.start_s), abs(s.end_s - c.end_s)]
+                lead, tail = edges[c.path]
+                speech_errors += [
+                    abs(s.start_s - (c.start_s + lead)),
+                    abs(s.end_s - (c.end_s - tail)),
+                ]
+    errors, speech_errors = np.asarray(errors), np.asarray(speech_errors)
+    return {
+        "clips": len(found),
+        "one_segment_share": float(np.mean(found)),
+        "boundary_error_median_s": float(np.median(errors)),
+        "boundary_error_p90_s": float(np.quantile(errors, 0.9)),
+        "boundaries_within_0.3s": float(np.mean(errors <= 0.3)),
+        "speech_boundary_error_median_s": float(np.median(speech_errors)),
+        "speech_boundary_error_p90_s": float(np.quantile(speech_errors, 0.9)),
+        "speech_boundaries_within_0.3s": float(np.mean(speech_errors <= 0.3)),
+        "vad_seconds_per_audio_hour": seconds / audio_s * 3600,
+    }
+
+
+def classify(recordings, settings, bundle) -> dict:
+    """Ensemble macro-F1 on each clip's longest-overlapping segment (a clip without one counts
+    as wrong) and on the same clips classified alone, as the service would (untrimmed decode)."""
+    from sklearn.metrics import f1_score
+
+    from ser_worker.audio import load_audio
+
+    truth, alone, sliced, segmented = [], [], [], []
+    for signal, joined in recordings:
+        matches = match(joined, segment(signal, settings))
+        clips = [
+            bundle.prepare(load_audio(m["clip"].path, trim=False), SAMPLE_RATE) for m in matches
+        ]
+        alone += [p[ENSEMBLE].emotion for p in bundle.predict_prepared(clips)]
+        # The clip as it lies in the recording (same noise), cut at its true edges.
+        exact = [
+            bundle.prepare(
+                signal[int(m["clip"].start_s * SAMPLE_RATE) : int(m["clip"].end_s * SAMPLE_RATE)],
+                SAMPLE_RATE,
+            )
+            for m in matches
+        ]
+        sliced += [p[ENSEMBLE].emotion for p in bundle.predict_prepared(exact)]
+        pieces, where = [], []
+        for i, m in enumerate(matches):
+            truth.append(m["clip"].emotion)
+            if m["hits"]:
+                c = m["clip"]
+                s = max(m["hits"], key=lambda s: min(s.end_s, c.end_s) - max(s.start_s, c.start_s))
+                y = signal[int(s.start_s * SAMPLE_RATE) : int(s.end_s * SAMPLE_RATE)]
+                pieces.append(bundle.prepare(y, SAMPLE_RATE))
+                where.append(i)
+        labels = ["none"] * len(matches)
+        for i, p in zip(where, bundle.predict_prepared(pieces), strict=True):
+            labels[i] = p[ENSEMBLE].emotion
+        segmented += labels
+
+    def score(predicted: list[str]) -> float:
+        return float(f1_score(truth, predicted, labels=list(EMOTIONS), average="macro"))
+
+    return {
+        "ensemble_macro_f1_alone": score(alone),
+        "ensemble_macro_f1_cut_at_true_edges": score(sliced),
+        "ensemble_macro_f1_segments": score(segmented),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--clips", type=int, default=240)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.25, 0.35, 0.5])
+    parser.add_argument("--pads", type=float, nargs="*", default=[0.1, 0.2])
+    parser.add_argument("--pad", type=float, help="the classified segments' pad (default: as set)")
+    parser.add_argument("--segmentation-only", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    from ser_worker.bundle import load_bundle
+    from ser_worker.bundle.archive import shipped_bundle_bytes
+    from ser_worker.segments import SegmentSettings
+    from ser_worker.service.recordings import flac_bytes
+
+    clips = pick_clips(args.data, args.clips, args.seed)
+    recordings = [
+        join_clips(
+            [c.path for c in clips[i : i + CLIPS_PER_RECORDING]],
+            [c.emotion for c in clips[i : i + CLIPS_PER_RECORDING]],
+            seed=args.seed + i,
+        )
+        for i in range(0, len(clips), CLIPS_PER_RECORDING)
+    ]
+    audio_s = sum(signal.size for signal, _ in recordings) / SAMPLE_RATE
+    flac = sum(len(flac_bytes(signal)) for signal, _ in recordings)
+    base = SegmentSettings.from_settings()
+    if args.pad is not None:
+        base = replace(base, pad_s=args.pad)
+    edges = speech_edges([clip for _, joined in recordings for clip in joined])
+    report = {
+        "clips": len(clips),
+        "recordings": len(recordings),
+        "audio_s": audio_s,
+        "flac_mb_per_hour": flac / audio_s * 3600 / 1e6,
+        "settings": base.__dict__,
+        "by_threshold_and_pad": {
+            f"{t}/{pad}": measure(recordings, replace(base, threshold=t, pad_s=pad), edges)
+            for t in args.thresholds
+            for pad in args.pads
+        },
+    }
+    if not args.segmentation_only:
+        report.update(classify(recordings, base, load_bundle(shipped_bundle_bytes())))
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

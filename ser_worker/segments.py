@@ -1,0 +1,199 @@
+"""Speech segments of a long recording: where someone speaks, cut to what the models can read.
+
+A voice-activity detector (Silero VAD, the ONNX file the ``faster-whisper`` package ships, run on
+onnxruntime) gives a speech probability per 32 ms frame; frames above the threshold are speech,
+and a run ends only where the probability stays below a lower one (hysteresis) for at least
+``min_silence_s``: the short pauses inside a sentence do not split it. A run longer than the
+models' window is cut into overlapping windows, so no segment is longer than what the members
+were trained to read and no speech falls between two windows.
+
+The probabilities can be computed a chunk at a time (``SpeechDetector``), so a recording of hours
+is never held whole in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ser_worker.config import Settings, get_settings
+from ser_worker.labels import SAMPLE_RATE
+
+# Silero VAD's frame at 16 kHz: it scores 512 samples at a time.
+FRAME = 512
+FRAME_S = FRAME / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    threshold: float
+    min_silence_s: float
+    window_s: float
+    overlap_s: float
+    # Shorter runs are not speech a model can read (the clip minimum after trimming).
+    min_speech_s: float
+    # Each segment keeps this much audio around its run: the detector reacts a frame or two late.
+    pad_s: float = 0.1
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> SegmentSettings:
+        settings = settings or get_settings()
+        return cls(
+            threshold=settings.vad_threshold,
+            min_silence_s=settings.vad_min_silence_s,
+            window_s=settings.segment_window_s,
+            overlap_s=min(settings.segment_overlap_s, settings.segment_window_s / 2),
+            min_speech_s=settings.min_duration_s,
+        )
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@lru_cache(maxsize=1)
+def _vad_model():
+    from faster_whisper.vad import get_vad_model
+
+    return get_vad_model()
+
+
+def frame_probabilities(signal: np.ndarray) -> np.ndarray:
+    """Silero's speech probability of each FRAME of `signal` (16 kHz); the last frame padded."""
+    y = np.asarray(signal, dtype=np.float32)
+    if y.size == 0:
+        return np.zeros(0, np.float32)
+    padded = np.pad(y, (0, -y.size % FRAME))
+    return np.asarray(_vad_model()(padded), dtype=np.float32).reshape(-1)
+
+
+@dataclass
+class SpeechDetector:
+    """Speech probabilities of a recording fed a chunk at a time (any chunk sizes)."""
+
+    settings: SegmentSettings
+    _probabilities: list[np.ndarray] = field(default_factory=list)
+    _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    n_samples: int = 0
+
+    def feed(self, chunk: np.ndarray) -> None:
+        y = np.concatenate([self._carry, np.asarray(chunk, dtype=np.float32)])
+        whole = y.size - y.size % FRAME
+        if whole:
+            self._probabilities.append(frame_probabilities(y[:whole]))
+        self._carry = y[whole:]
+        self.n_samples += len(chunk)
+
+    def segments(self) -> list[Segment]:
+        tail = [frame_probabilities(self._carry)] if self._carry.size else []
+        probabilities = (
+            np.concatenate([*self._probabilities, *tail])
+            if (self._probabilities or tail)
+            else np.zeros(0, np.float32)
+        )
+        return segments_from_probabilities(probabilities, self.n_samples, self.settings)
+
+    def settled(self) -> list[Segment]:
+        """The segments no later audio can change, in order: a prefix of what ``segments`` will
+        return once the whole recording is fed. A speech run is settled once more than a pause,
+        both pads and a frame lie after it (a run still going may yet grow, and so re-window)."""
+        if not self._probabilities:
+            return []
+        probabilities = np.concatenate(self._probabilities)
+        fed_s = probabilities.size * FRAME_S
+        found = segments_from_probabilities(
+            probabilities, probabilities.size * FRAME, self.settings
+        )
+        cutoff = fed_s - (self.settings.min_silence_s + 2 * self.settings.pad_s + 2 * FRAME_S)
+        # Windows of one run touch or overlap each other: a run is the chain they form.
+        keep = len(found)
+        while keep and found[keep - 1].end_s >= cutoff:
+            keep -= 1
+            while keep and found[keep - 1].end_s >= found[keep].start_s:
+                keep -= 1
+        return found[:keep]
+
+
+def speech_segments(
+    signal: np.ndarray, sampling_rate: int, settings: Settings | SegmentSettings | None = None
+) -> list[Segment]:
+    """The speech segments of a whole signal (mono, any rate), in time order."""
+    from ser_worker.audio import resample
+
+    if not isinstance(settings, SegmentSettings):
+        settings = SegmentSettings.from_settings(settings)
+    y = resample(np.asarray(signal, dtype=np.float32), sampling_rate)
+    detector = SpeechDetector(settings)
+    detector.feed(y)
+    return detector.segments()
+
+
+def segments_from_probabilities(
+    probabilities: np.ndarray, n_samples: int, settings: SegmentSettings
+) -> list[Segment]:
+    """Speech runs (hysteresis, short pauses bridged, padded), then windows of the long ones."""
+    duration_s = n_samples / SAMPLE_RATE
+    runs = _speech_runs(probabilities, settings)
+    runs = _bridge(runs, settings.min_silence_s)
+    runs = [(start, end) for start, end in runs if end - start >= settings.min_speech_s]
+    segments: list[Segment] = []
+    for start, end in _pad(runs, settings.pad_s, duration_s):
+        segments.extend(_windows(start, end, settings))
+    return segments
+
+
+def _speech_runs(probabilities: np.ndarray, settings: SegmentSettings) -> list[tuple[float, float]]:
+    """(start_s, end_s) of each run: it starts above the threshold and lasts while above the lower
+    one, as Silero's own segmentation does."""
+    low = max(settings.threshold - 0.15, 0.01)
+    runs, start = [], None
+    for i, p in enumerate(probabilities):
+        if start is None and p >= settings.threshold:
+            start = i
+        elif start is not None and p < low:
+            runs.append((start * FRAME_S, i * FRAME_S))
+            start = None
+    if start is not None:
+        runs.append((start * FRAME_S, len(probabilities) * FRAME_S))
+    return runs
+
+
+def _bridge(runs: list[tuple[float, float]], min_silence_s: float) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in runs:
+        if merged and start - merged[-1][1] < min_silence_s:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _pad(runs: list[tuple[float, float]], pad_s: float, duration_s: float):
+    """Each run widened by pad_s, never past the recording or half-way into a neighbour's gap."""
+    padded = []
+    for i, (start, end) in enumerate(runs):
+        before = (start - runs[i - 1][1]) / 2 if i else start
+        after = (runs[i + 1][0] - end) / 2 if i + 1 < len(runs) else duration_s - end
+        padded.append((start - min(pad_s, before), min(end + min(pad_s, after), duration_s)))
+    return padded
+
+
+def _windows(start: float, end: float, settings: SegmentSettings) -> list[Segment]:
+    """One segment, or overlapping windows of window_s whose last one ends with the run."""
+    if end - start <= settings.window_s:
+        return [Segment(round(start, 3), round(end, 3))]
+    hop = settings.window_s - settings.overlap_s
+    count = int(np.ceil((end - start - settings.window_s) / hop)) + 1
+    hop = (end - start - settings.window_s) / (count - 1)  # spread evenly: overlap >= overlap_s
+    return [
+        Segment(round(start + k * hop, 3), round(start + k * hop + settings.window_s, 3))
+        for k in range(count)
+    ]
