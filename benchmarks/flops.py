@@ -46,3 +46,17 @@ def layer_flops(model) -> list[LayerFlops]:
 def model_flops(model) -> int:
     """FLOPs (2 x multiply-adds) of one example's forward pass."""
     return sum(layer.flops for layer in layer_flops(model))
+
+
+def encoder_window_flops(frames: int, blocks: int, stems: int = 1) -> int:
+    """FLOPs (2 x multiply-adds) of Whisper base's encoder on one window of `frames` log-mel
+    frames: `stems` runs of the two convolutions, then `blocks` transformer blocks on the
+    half-rate frames (the four linear maps, and attention's two products over all frames).
+    Layer norms, GELU, softmax and the positions are elementwise and left out."""
+    from ser_worker.models.encoder import ENCODER_STRIDE, ENCODER_WIDTH, N_MELS
+
+    width, hidden = ENCODER_WIDTH, 4 * ENCODER_WIDTH  # Whisper's feed-forward is 4x wide
+    t = -(-frames // ENCODER_STRIDE)
+    stem = frames * width * N_MELS * 3 + t * width * width * 3
+    block = t * width * (3 * width + width + 2 * hidden) + 2 * t * t * width
+    return 2 * (stems * stem + blocks * block)

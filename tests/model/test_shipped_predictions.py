@@ -12,12 +12,19 @@ import pytest
 from ser_worker import Recognizer
 from ser_worker.audio import load_audio
 from ser_worker.bundle import Bundle, load_bundle, shipped_bundle_bytes
-from ser_worker.labels import EMOTIONS, ENSEMBLE, MEMBERS, SAMPLE_RATE
+from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE, MEMBERS, SAMPLE_RATE
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REFERENCE = json.loads((DATA / "shipped_bundle_predictions.json").read_text())
 CLIPS = sorted(REFERENCE["clips"])
 TOLERANCE = 1e-5
+# The reference was recorded with the encoder on CTranslate2; it now runs on ONNX Runtime by
+# default (one pass for both pooled blocks, ser_worker/models/encoder/graph.py), whose int8
+# arithmetic rounds differently: the pooled vectors stay within cosine 0.9998 of CTranslate2's on
+# every committed clip (tests/model/test_encoder_fast.py), and the encoder's probabilities here
+# moved by at most 0.0028 (the ensemble, which mixes them in, by 0.0017), no top emotion changed.
+# The CNNs are untouched and keep the tight tolerance.
+ENCODER_TOLERANCE = 5e-3
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +35,13 @@ def bundle() -> Bundle:
 @pytest.fixture(scope="module")
 def signals() -> list[np.ndarray]:
     return [load_audio(DATA / name, trim=False) for name in CLIPS]
+
+
+def _within_tolerance(worst: dict[str, float]) -> bool:
+    return all(
+        d <= (ENCODER_TOLERANCE if model in (ENCODER, ENSEMBLE) else TOLERANCE)
+        for model, d in worst.items()
+    )
 
 
 def _differences(results) -> dict[str, float]:
@@ -51,7 +65,7 @@ def test_the_reference_is_for_the_shipped_bundle(bundle):
 
 def test_bundle_predict_reproduces_the_reference(bundle, signals):
     worst = _differences(bundle.predict(signals, SAMPLE_RATE, batch_size=5))
-    assert all(d <= TOLERANCE for d in worst.values()), worst
+    assert _within_tolerance(worst), worst
 
 
 def test_the_recognizer_reproduces_the_reference():
@@ -60,7 +74,7 @@ def test_the_recognizer_reproduces_the_reference():
     assert all(r.ok and r.model_version == REFERENCE["bundle_version"] for r in results)
     by_model = [{**r.per_member, ENSEMBLE: r} for r in results]
     worst = _differences(by_model)
-    assert all(d <= TOLERANCE for d in worst.values()), worst
+    assert _within_tolerance(worst), worst
     for result, name in zip(results, CLIPS, strict=True):
         expected = REFERENCE["clips"][name][ENSEMBLE]
         assert result.emotion == max(expected, key=expected.get)
@@ -73,4 +87,4 @@ def test_skipping_the_cnns_trimming_would_be_caught(bundle, signals):
     changed = replace(bundle, manifest=untrimmed)
     worst = _differences(changed.predict(signals, SAMPLE_RATE))
     assert worst["cnn1d"] > 100 * TOLERANCE and worst["cnn2d"] > 100 * TOLERANCE
-    assert worst["encoder"] <= TOLERANCE
+    assert worst[ENCODER] <= ENCODER_TOLERANCE

@@ -7,6 +7,7 @@ import pytest
 from ser_worker.audio import load_audio
 from ser_worker.labels import EMOTIONS, SAMPLE_RATE
 from ser_worker.models.encoder import (
+    BACKENDS,
     HOP,
     LAYERS,
     WINDOW_FRAMES,
@@ -103,8 +104,9 @@ def test_missing_weight_packages_say_how_to_install_them(monkeypatch):
         weights.verified_weight_parts()
 
 
-def test_real_clips_embed_the_same_alone_or_in_a_batch(real_clips):
-    encoder = load_encoder(threads=1)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_clips_embed_the_same_alone_or_in_a_batch(real_clips, backend):
+    encoder = load_encoder(LAYERS, 1, backend)
     waveforms = [load_audio(path) for path in real_clips[:3]]
     together = encoder.embed(waveforms)
     assert together.shape == (3, embedding_size(LAYERS))
@@ -138,10 +140,11 @@ def test_a_cut_model_file_keeps_everything_but_the_blocks_never_run():
     )
 
 
-def test_each_pooled_block_is_its_own_encoders_vector(real_clips):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_pooled_block_is_its_own_encoders_vector(real_clips, backend):
     waveforms = [load_audio(path) for path in real_clips[:2]]
-    both = load_encoder((3, 6), threads=1).embed(waveforms)
-    last = load_encoder((6,), threads=1).embed(waveforms)
+    both = load_encoder((3, 6), 1, backend).embed(waveforms)
+    last = load_encoder((6,), 1, backend).embed(waveforms)
     assert both.shape == (2, embedding_size((3, 6)))
     np.testing.assert_allclose(both[:, embedding_size((3,)) :], last, atol=1e-5)
     # Block 3's half is not block 6's again: the cut model stops earlier.

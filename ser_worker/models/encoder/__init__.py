@@ -6,13 +6,17 @@ RAVDESS actors they never heard. An encoder pretrained on 680,000 hours of speec
 speaker-independent cues those 22 speakers cannot teach; a linear head on its pooled output
 is cheap to train on CPU and reaches about 0.78 on the same folds (docs/RESULTS.md).
 
-``frontend``: Whisper's log-mel features and windows; ``weights``: the pinned weight packages
-and the cut model files; ``encoder``: SpeechEncoder and the pooling; ``head``: LinearHead.
+``frontend``: Whisper's log-mel features and windows; ``weights``: the pinned weight packages,
+their arrays and the cut model files; ``graph``: the encoder as one ONNX graph; ``encoder``:
+SpeechEncoder (ONNX Runtime or CTranslate2) and the pooling; ``head``: LinearHead.
 """
 
 from ser_worker.models.encoder.encoder import (
+    BACKENDS,
     BATCH_WINDOWS,
+    CTRANSLATE2,
     LAYERS,
+    ONNXRUNTIME,
     SpeechEncoder,
     check_layers,
     embedding_size,
@@ -37,12 +41,15 @@ from ser_worker.models.encoder.weights import (
     LICENCE,
     MODEL_SHA256,
     EncoderUnavailable,
+    encoder_arrays,
     model_files,
     verified_weight_parts,
 )
 
 __all__ = [
+    "BACKENDS",
     "BATCH_WINDOWS",
+    "CTRANSLATE2",
     "ENCODER_BLOCKS",
     "ENCODER_NAME",
     "ENCODER_STRIDE",
@@ -53,6 +60,7 @@ __all__ = [
     "MODEL_SHA256",
     "N_FFT",
     "N_MELS",
+    "ONNXRUNTIME",
     "WINDOW_FRAMES",
     "WINDOW_SECONDS",
     "EncoderUnavailable",
@@ -60,6 +68,7 @@ __all__ = [
     "SpeechEncoder",
     "check_layers",
     "embedding_size",
+    "encoder_arrays",
     "encoder_windows",
     "fit_linear_head",
     "load_encoder",

@@ -3,8 +3,17 @@ frames of chosen blocks are pooled into one vector per clip.
 
 Vectors pool two depths of the encoder, its output (block 6 of 6) and block 3's: emotion sits lower
 in the stack than words do, and on the speaker-independent folds' validation actors a head on both
-blocks beat either alone (docs/RESULTS.md, "A pretrained speech encoder"). Each pooled block costs
-a copy of the encoder cut after it (see ``weights``): 9 blocks run per window, not 6.
+blocks beat either alone (docs/RESULTS.md, "A pretrained speech encoder").
+
+Two runtimes give the same vectors (per clip, cosine above 0.999 on the committed clips):
+``onnxruntime`` (the default) runs the encoder once per window and returns every pooled block
+(``graph``); ``ctranslate2``, the path the shipped heads were fitted on, needs a copy of the
+encoder cut after each pooled block (``weights``), so 9 blocks run per window, not 6. It stays for
+comparison (benchmarks) and as the reference the tests hold the default to.
+
+Windows keep their padding to ``WINDOW_SECONDS``: every frame attends to the padding too, and
+windows cut to the clip move the vectors too far from the ones the heads were fitted on
+(docs/RESULTS.md, "Encoder speed").
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_STRIDE,
     ENCODER_WIDTH,
+    EncoderUnavailable,
+    encoder_arrays,
     model_files,
     verified_weight_parts,
 )
@@ -27,6 +38,9 @@ from ser_worker.models.encoder.weights import (
 # heads fitted before block 3 was added read (6,).
 LAYERS = (3, 6)
 BATCH_WINDOWS = 16
+ONNXRUNTIME = "onnxruntime"
+CTRANSLATE2 = "ctranslate2"
+BACKENDS = (ONNXRUNTIME, CTRANSLATE2)
 
 
 def embedding_size(layers: Sequence[int] = LAYERS) -> int:
@@ -52,16 +66,44 @@ def pool(frames: np.ndarray) -> np.ndarray:
     return np.concatenate([frames.mean(axis=0), frames.std(axis=0)]).astype(np.float32)
 
 
-class SpeechEncoder:
-    """Whisper base's encoder on CPU; `embed` maps waveforms to vectors that pool each of
-    `layers` (embedding_size(layers) numbers per clip)."""
+class _OnnxEncoder:
+    """One session of the whole encoder, every pooled block an output of the same pass."""
 
-    def __init__(self, layers: Sequence[int] = LAYERS, threads: int = 0) -> None:
+    # Activations are quantised with one scale per tensor (see ``graph``): one window per run.
+    batch_windows = 1
+
+    def __init__(self, parts, layers: tuple[int, ...], threads: int) -> None:
+        import onnxruntime
+
+        from ser_worker.models.encoder.graph import encoder_graph
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # Idle threads sleep instead of spinning: worker processes share the host's cores, and a
+        # spinning pool takes them from the others (docs/RESULTS.md, "Encoder speed").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = onnxruntime.InferenceSession(
+            encoder_graph(encoder_arrays(parts), layers),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        self._outputs = [f"block_{block}" for block in layers]
+
+    def __call__(self, features: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._outputs, {"mel": features})
+
+
+class _CTranslate2Encoder:
+    """One CTranslate2 model per pooled block, each cut after its block."""
+
+    batch_windows = BATCH_WINDOWS
+
+    def __init__(self, parts, layers: tuple[int, ...], threads: int) -> None:
         import ctranslate2
 
         self._ctranslate2 = ctranslate2
-        self.layers = check_layers(layers)
-        parts = verified_weight_parts()
         # int8 weights with float32 activations: 2-3x faster than float32 on CPU, and the
         # pooled vectors it gives are what the heads were trained on.
         self._models = [
@@ -72,12 +114,34 @@ class SpeechEncoder:
                 intra_threads=threads,
                 files=model_files(parts, blocks),
             )
-            for blocks in self.layers
+            for blocks in layers
         ]
 
-    def _encode(self, model, features: np.ndarray) -> np.ndarray:
+    def __call__(self, features: np.ndarray) -> list[np.ndarray]:
         view = self._ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
-        return np.asarray(model.encode(view, to_cpu=True))
+        return [np.asarray(model.encode(view, to_cpu=True)) for model in self._models]
+
+
+class SpeechEncoder:
+    """Whisper base's encoder on CPU; `embed` maps waveforms to vectors that pool each of
+    `layers` (embedding_size(layers) numbers per clip). `backend` is one of BACKENDS."""
+
+    def __init__(
+        self, layers: Sequence[int] = LAYERS, threads: int = 0, backend: str = ONNXRUNTIME
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"encoder backend must be one of {BACKENDS}: {backend!r}")
+        self.layers = check_layers(layers)
+        self.backend = backend
+        runtime = _OnnxEncoder if backend == ONNXRUNTIME else _CTranslate2Encoder
+        parts = verified_weight_parts()
+        try:
+            self._run = runtime(parts, self.layers, threads)
+        except ModuleNotFoundError as exc:
+            raise EncoderUnavailable(
+                f"the speech encoder's {backend} backend needs {exc.name}; reinstall ser: "
+                "pip install -e ."
+            ) from exc
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         windows = [
@@ -85,11 +149,11 @@ class SpeechEncoder:
         ]
         # frames[clip][layer]: that block's output frames, window after window.
         frames: list[list[list[np.ndarray]]] = [[[] for _ in self.layers] for _ in waveforms]
-        for start in range(0, len(windows), BATCH_WINDOWS):
-            batch = windows[start : start + BATCH_WINDOWS]
-            batch_features = np.stack([features for _, (features, _) in batch])
-            for layer, model in enumerate(self._models):
-                encoded = self._encode(model, batch_features)
+        step = self._run.batch_windows
+        for start in range(0, len(windows), step):
+            batch = windows[start : start + step]
+            outputs = self._run(np.stack([features for _, (features, _) in batch]))
+            for layer, encoded in enumerate(outputs):
                 for (clip, (_, valid)), out in zip(batch, encoded, strict=True):
                     frames[clip][layer].append(out[: (valid + 1) // ENCODER_STRIDE])
         if not frames:
@@ -99,8 +163,10 @@ class SpeechEncoder:
         )
 
 
-@functools.lru_cache(maxsize=2)
-def load_encoder(layers: tuple[int, ...] = LAYERS, threads: int = 0) -> SpeechEncoder:
-    """One encoder per process and set of layers, built on first use (never in a Celery
-    parent: not fork-safe)."""
-    return SpeechEncoder(layers, threads)
+@functools.lru_cache(maxsize=4)
+def load_encoder(
+    layers: tuple[int, ...] = LAYERS, threads: int = 0, backend: str = ONNXRUNTIME
+) -> SpeechEncoder:
+    """One encoder per process, set of layers and backend, built on first use (never in a
+    Celery parent: not fork-safe)."""
+    return SpeechEncoder(layers, threads, backend)

@@ -4,9 +4,12 @@ it: one model.bin split in two. Those packages are a third party's upload, not O
 Systran's, so the joined file's SHA-256 is pinned here: a changed upload fails loudly instead of
 changing predictions. They are dependencies of the package.
 
-CTranslate2 returns only an encoder's last block, so a shallower block's output comes from a
-copy of the model whose weight file leaves out the blocks above it (``model_files``): the file
-is rewritten record by record as CTranslate2 reads it, never joined or held whole in memory.
+Two readers of the same pinned file: ``encoder_arrays`` takes the encoder's weights out of it as
+arrays (the ONNX Runtime graph of ``graph`` is built from them), and ``model_files`` gives
+CTranslate2 the file cut after a block: CTranslate2 returns only an encoder's last block, so
+there a shallower block's output comes from a copy of the model whose weight file leaves out the
+blocks above it, rewritten record by record as CTranslate2 reads it, never joined or held whole
+in memory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
+
+import numpy as np
 
 # The encoder halves the frame rate (a stride-2 convolution), has 512 channels and 6 blocks.
 ENCODER_STRIDE = 2
@@ -143,6 +148,34 @@ def _encoder_weights(parts: Sequence[Traversable], blocks: int) -> Iterator[byte
                 yield _first_rows(record, 1)
             elif not _unused(blocks, what):
                 yield record
+
+
+# CTranslate2's DataType numbering, as model.bin records it.
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def _record_array(record: bytes) -> tuple[str, np.ndarray]:
+    name_end = 2 + struct.unpack_from("<H", record)[0]
+    rank = record[name_end]
+    shape = struct.unpack_from(f"<{rank}I", record, name_end + 1)
+    dtype = _DTYPES[record[name_end + 1 + 4 * rank]]
+    data = record[name_end + 1 + 4 * rank + 1 + 4 :]
+    return record[2 : name_end - 1].decode(), np.frombuffer(data, dtype).reshape(shape)
+
+
+def encoder_arrays(parts: Sequence[Traversable]) -> dict[str, np.ndarray]:
+    """The encoder's variables of model.bin, by name without the ``encoder/`` prefix (e.g.
+    ``layer_0/ffn/linear_0/weight``), in float32 (the file holds float16)."""
+    arrays = {}
+    with _open_weights(parts) as model:
+        for what, record in _model_records(model):
+            if what.startswith("variable encoder/"):
+                name, array = _record_array(record)
+                floats = array.dtype.kind == "f"
+                arrays[name.removeprefix("encoder/")] = (
+                    array.astype(np.float32) if floats else array
+                )
+    return arrays
 
 
 def verified_weight_parts() -> list[Traversable]:
