@@ -7,6 +7,7 @@ drivers (psycopg, redis) load when a database or broker is first asked for."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -194,3 +195,46 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+class Bench:
+    """One benchmark run: its options, its work folder and log, and its child sections."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.log = (workdir / "bench.log").open("a")
+
+    def say(self, message: str) -> None:
+        print(
+            f"[{time.strftime('%H:%M:%S')} load {load_average()[0]:.2f}] {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def command(self, name: str, spec: dict) -> list[str]:
+        """The command line of section `name` in a child process, its spec in a file."""
+        spec_path = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}.json"
+        spec_path.write_text(json.dumps(spec))
+        return [
+            sys.executable,
+            str(Path(__file__).resolve().with_name("run.py")),
+            "--section",
+            name,
+            "--spec",
+            str(spec_path),
+        ]
+
+    def section(self, name: str, spec: dict, env: dict[str, str] | None = None) -> dict:
+        proc = subprocess.run(
+            self.command(name, spec),
+            cwd=REPO,
+            env=env or child_env(),
+            capture_output=True,
+            text=True,
+        )
+        self.log.write(f"== {name}\n{proc.stderr}\n")
+        for line in reversed(proc.stdout.splitlines()):
+            if line.startswith(TAG):
+                return json.loads(line[len(TAG) :])
+        raise RuntimeError(f"section {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -17,7 +17,7 @@ from benchmarks.memory import proc_status
 from ser_worker.labels import CNN1D, CNN2D, MODEL_NAMES
 
 if TYPE_CHECKING:
-    from benchmarks.run import Bench
+    from benchmarks.harness import Bench
 
 MATMUL_N = 2048
 

@@ -39,11 +39,9 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +56,7 @@ elif str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import features, hosts, inference, service, training  # noqa: E402
-from benchmarks.harness import SINGLE_THREAD, TAG, child_env, emit, load_average  # noqa: E402
+from benchmarks.harness import SINGLE_THREAD, Bench, child_env, emit, load_average  # noqa: E402
 from benchmarks.report import print_table, summary_keys, targets  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -88,49 +86,6 @@ def select_clips(data: Path, n: int) -> list[Path]:
         return files
     step = len(files) / n
     return [files[int(i * step)] for i in range(n)]
-
-
-class Bench:
-    """One benchmark run: its options, its work folder and log, and its child sections."""
-
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args = args
-        self.workdir = workdir
-        self.log = (workdir / "bench.log").open("a")
-
-    def say(self, message: str) -> None:
-        print(
-            f"[{time.strftime('%H:%M:%S')} load {load_average()[0]:.2f}] {message}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def command(self, name: str, spec: dict) -> list[str]:
-        """The command line of section `name` in a child process, its spec in a file."""
-        spec_path = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}.json"
-        spec_path.write_text(json.dumps(spec))
-        return [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--section",
-            name,
-            "--spec",
-            str(spec_path),
-        ]
-
-    def section(self, name: str, spec: dict, env: dict[str, str] | None = None) -> dict:
-        proc = subprocess.run(
-            self.command(name, spec),
-            cwd=REPO,
-            env=env or child_env(),
-            capture_output=True,
-            text=True,
-        )
-        self.log.write(f"== {name}\n{proc.stderr}\n")
-        for line in reversed(proc.stdout.splitlines()):
-            if line.startswith(TAG):
-                return json.loads(line[len(TAG) :])
-        raise RuntimeError(f"section {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -32,7 +32,7 @@ from benchmarks.profiling import start_profiler, stop_profiler
 if TYPE_CHECKING:
     import argparse
 
-    from benchmarks.run import Bench
+    from benchmarks.harness import Bench
 
 
 def section_baseline(spec: dict) -> None:

@@ -97,9 +97,8 @@ def runqueue_seconds(pids: list[int]) -> float:
 def _stored(url: str) -> dict:
     from sqlalchemy import func, select
 
-    from ser_worker.service.db.models import Submission, SubmissionItem
+    from ser_worker.service.db.models import Recording, Submission, SubmissionItem
     from ser_worker.service.db.session import session_scope
-    from ser_worker.service.db.timeline import Recording
 
     with session_scope(url) as session:
         row = session.execute(

@@ -15,7 +15,7 @@ from benchmarks.memory import PeakMemory, proc_status
 from ser_worker.labels import EMOTIONS, MODEL_NAMES
 
 if TYPE_CHECKING:
-    from benchmarks.run import Bench
+    from benchmarks.harness import Bench
 
 TRAIN_CLIPS, VAL_CLIPS, TRAIN_EPOCHS = 64, 16, 3
 DATA_CLIPS, DATA_COPIES = 96, 8

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path, nargs="?", default=SHIPPED)
     args = parser.parse_args(argv)
     from ser_worker.bundle import read_manifest
-    from ser_worker.bundle.onnx import add_exports
+    from ser_worker.bundle.exports import add_exports
 
     old = args.bundle.read_bytes()
     new = add_exports(old)

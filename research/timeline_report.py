@@ -22,9 +22,10 @@ import numpy as np
 
 from benchmarks.recordings import join_clips
 from ser_worker.labels import EMOTIONS, ENSEMBLE, SAMPLE_RATE
+from ser_worker.service.recordings import CHUNK_S
 
 CLIPS_PER_RECORDING = 20
-CHUNK = 30 * SAMPLE_RATE  # what the worker feeds the detector at a time
+CHUNK = int(CHUNK_S * SAMPLE_RATE)  # what the worker feeds the detector at a time
 SPEECH_TOP_DB = 30.0
 
 

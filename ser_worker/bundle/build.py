@@ -110,7 +110,7 @@ def _content_hash(
     """sha256 of the manifest (its version still None) and every weight, in a fixed order.
 
     The ONNX exports are left out: they are derived from the weights hashed here, and adding
-    them to a stored bundle (bundle.onnx.add_exports) must not change its version.
+    them to a stored bundle (bundle.exports.add_exports) must not change its version.
     """
     exportless = {
         **manifest,

@@ -5,25 +5,22 @@ A bundle written by this code carries ``<name>.onnx`` beside each ``<name>.weigh
 (exported with tf2onnx when the bundle is written, from the same float32 weights) and its
 manifest entry names the file (``ModelEntry.onnx``). The weights file stays the source of
 truth: training, fine-tuning and the version hash read it, and a bundle without exports (every
-one written before them) runs on Keras as before. ``add_exports`` gives an existing bundle its
-exports without changing its version.
+one written before them) runs on Keras as before. ``bundle.exports.add_exports`` gives an
+existing bundle its exports without changing its version.
 
 Exporting needs TensorFlow and tf2onnx; running an export needs onnxruntime alone.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import zipfile
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ser_worker.bundle.manifest import MANIFEST_NAME, BundleError, Manifest
+from ser_worker.bundle.manifest import BundleError
 
 if TYPE_CHECKING:
     import keras
@@ -113,37 +110,3 @@ class OnnxCnn:
         if attribute.startswith("_") or attribute in ("session", "keras_model"):
             raise AttributeError(attribute)
         return getattr(self.keras_model, attribute)
-
-
-def add_exports(data: bytes) -> bytes:
-    """The bundle `data` with an ONNX export of each CNN that lacks one.
-
-    Every other member of the zip is copied byte for byte; the manifest gains the ``onnx``
-    entries and nothing else, so the version (whose hash leaves the exports out: they are
-    derived from the weights it hashes) stays the same.
-    """
-    from ser_worker.bundle.archive import load_bundle
-
-    bundle = load_bundle(data, runtime="keras")
-    manifest = bundle.manifest.to_dict()
-    exports: dict[str, bytes] = {}
-    for name, entry in manifest["models"].items():
-        if not entry.get("onnx"):
-            exports[name] = export_cnn(bundle.models[name])
-            entry["onnx"] = f"{name}{ONNX_SUFFIX}"
-    if not exports:
-        return data
-    Manifest.model_validate(manifest)
-    buffer = io.BytesIO()
-    with (
-        zipfile.ZipFile(io.BytesIO(data)) as source,
-        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as target,
-    ):
-        for info in source.infolist():
-            if info.filename == MANIFEST_NAME:
-                target.writestr(info, json.dumps(manifest, indent=2, sort_keys=True))
-            else:
-                target.writestr(info, source.read(info))
-        for name, export in exports.items():
-            target.writestr(manifest["models"][name]["onnx"], export)
-    return buffer.getvalue()

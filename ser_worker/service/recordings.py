@@ -24,7 +24,7 @@ from ser_worker.service.db.session import session_scope
 from ser_worker.service.store import segments as timeline_store
 
 if TYPE_CHECKING:
-    from ser_worker.service.db.timeline import SpeechSegment
+    from ser_worker.service.db.models import SpeechSegment
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from ser_worker.bundle import (
     shipped_bundle_bytes,
 )
 from ser_worker.bundle.core import predict_probabilities
-from ser_worker.bundle.onnx import OnnxCnn, add_exports
+from ser_worker.bundle.exports import add_exports
+from ser_worker.bundle.onnx import OnnxCnn
 from ser_worker.features.study import FeatureSettings, batch_inputs, extract, fit_normalizer
 from ser_worker.labels import MODEL_NAMES
 

@@ -15,9 +15,8 @@ from sqlalchemy import func, select
 from benchmarks.recordings import join_clips, silence, wav_bytes
 from ser_worker.datasets import load_dataset
 from ser_worker.labels import EMOTIONS, RESULT_MODELS
-from ser_worker.service.db.models import SubmissionItem
+from ser_worker.service.db.models import SegmentPrediction, SpeechSegment, SubmissionItem
 from ser_worker.service.db.session import session_scope
-from ser_worker.service.db.timeline import SegmentPrediction, SpeechSegment
 
 from .conftest import BIN, REPO, TEST_DATA, register_bundle, run_cli
 

@@ -11,8 +11,8 @@ from ser_worker.labels import EMOTIONS
 from ser_worker.segments import Segment
 from ser_worker.service import store
 from ser_worker.service.db.migrate import upgrade_database
+from ser_worker.service.db.models import SegmentPrediction
 from ser_worker.service.db.session import session_scope
-from ser_worker.service.db.timeline import SegmentPrediction
 from ser_worker.service.store import segments as timeline_store
 
 
@@ -132,8 +132,8 @@ def test_a_recording_is_committed_and_fanned_out_part_by_part_and_a_replay_adds_
     from ser_worker.config import get_settings
     from ser_worker.datasets import load_dataset
     from ser_worker.service import recordings
+    from ser_worker.service.db.models import Recording, SpeechSegment
     from ser_worker.service.db.session import get_engine
-    from ser_worker.service.db.timeline import Recording, SpeechSegment
 
     monkeypatch.setenv("SER_DATABASE_URL", url)
     monkeypatch.setenv("SER_SEGMENT_BATCH_SIZE", "2")

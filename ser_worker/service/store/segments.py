@@ -11,12 +11,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, undefer
 
 from ser_worker.labels import EMOTIONS, ENSEMBLE, RESULT_MODELS
-from ser_worker.service.db.models import Submission, SubmissionItem, utcnow
-from ser_worker.service.db.timeline import (
+from ser_worker.service.db.models import (
     Recording,
     RecordingChunk,
     SegmentPrediction,
     SpeechSegment,
+    Submission,
+    SubmissionItem,
+    utcnow,
 )
 from ser_worker.service.store.predictions import version_models
 from ser_worker.service.store.sql import insert, is_postgresql
