@@ -490,16 +490,18 @@ def test_a_training_run_delivered_twice_registers_once(service_env, start_worker
 
     _wait_for(lambda: _received(second, "ser.train"), 30, "the second delivery")
     assert not first.tasks_succeeded("ser.train"), "the first delivery finished too soon"
+    # Workers sweep for tasks past their visibility timeout every second here, so the run may be
+    # delivered more than twice; a delivery that starts after the registration returns at once.
+    # What matters: the one that trained to the end second registers nothing.
     _wait_for(
-        lambda: first.tasks_succeeded("ser.train") + second.tasks_succeeded("ser.train") == 2,
+        lambda: (
+            "another delivery of this run already registered it" in first.output() + second.output()
+        ),
         240,
-        "both deliveries to finish",
+        "the second training delivery to finish",
     )
     assert _run(database_url, run_id).status == "succeeded"
     assert len(_versions(database_url)) == 1
-    assert "another delivery of this run already registered it" in (
-        first.output() + second.output()
-    )
 
 
 def test_a_damaged_or_missing_bundle_is_refused_and_reported(
