@@ -111,9 +111,24 @@ def _version(session, version_name: str | None):
         raise click.ClickException(safe.plain(error)) from None
 
 
-def enqueue(settings: Settings, submission_id: str, batches: list[list[int]]) -> None:
+def enqueue(
+    settings: Settings, submission_id: str, batches: list[list[int]], *, stranded: bool = False
+) -> None:
     """Hand the batches to the queue and record that it is done. A command stopped before that
-    leaves the submission marked never enqueued, and `requeue_stranded` finds it."""
+    leaves the submission marked never enqueued, and `requeue_stranded` finds it. Distributed,
+    the submission's row is held meanwhile, so a concurrent command does not take it for
+    stranded; a `stranded` one that another command enqueued meanwhile is left alone."""
+    if settings.embedded:
+        _enqueue(settings, submission_id, batches)
+        return
+    with session_scope() as session:
+        if store.lock_for_enqueue(session, submission_id) and stranded:
+            return
+        _enqueue(settings, submission_id, batches)
+        store.mark_enqueued(session, submission_id, True)
+
+
+def _enqueue(settings: Settings, submission_id: str, batches: list[list[int]]) -> None:
     from ser_worker.service.tasks.inference import infer
 
     if settings.embedded:
@@ -147,8 +162,6 @@ def enqueue(settings: Settings, submission_id: str, batches: list[list[int]]) ->
         if settings.embedded:
             _mark_enqueued(submission_id, False)
         raise
-    if not settings.embedded:
-        _mark_enqueued(submission_id, True)
 
 
 def _mark_enqueued(submission_id: str, enqueued: bool) -> None:
@@ -171,7 +184,7 @@ def requeue_stranded(settings: Settings, submission_id: str | None = None) -> No
             f"[yellow]submission {stranded_id}: {sum(map(len, batches))} clips were stored but "
             "never queued (an earlier command stopped); queueing them now[/]"
         )
-        enqueue(settings, stranded_id, batches)
+        enqueue(settings, stranded_id, batches, stranded=True)
 
 
 def resolve_submission(submission_id: str | None) -> str:

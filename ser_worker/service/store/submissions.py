@@ -94,6 +94,16 @@ def mark_enqueued(session: Session, submission_id: str, enqueued: bool = True) -
     submission.enqueued_at = utcnow() if enqueued else None
 
 
+def lock_for_enqueue(session: Session, submission_id: str) -> bool:
+    """Hold the submission's row until the transaction ends, while its clips are enqueued, so
+    another command looking for stranded submissions passes over it (PostgreSQL; SQLite
+    serialises writers anyway). True when it was enqueued already."""
+    submission = session.scalar(
+        select(Submission).where(Submission.id == submission_id).with_for_update()
+    )
+    return submission is not None and submission.enqueued_at is not None
+
+
 def never_enqueued(session: Session, submission_id: str | None = None) -> list[str]:
     """Submissions (this one, or all) stored with pending clips but never wholly enqueued: the
     CLI that stored them stopped before its last enqueue."""
@@ -105,6 +115,9 @@ def never_enqueued(session: Session, submission_id: str | None = None) -> list[s
     )
     if submission_id is not None:
         query = query.where(Submission.id == submission_id)
+    # A submission whose command is enqueueing it right now holds its row (lock_for_enqueue):
+    # it is not stranded, and another command must not queue its clips a second time.
+    query = query.with_for_update(of=Submission, skip_locked=True)
     return list(session.scalars(query.order_by(Submission.created_at)))
 
 
