@@ -30,6 +30,11 @@ RESULT_MODELS: tuple[str, ...] = (*MEMBERS, ENSEMBLE)
 # (librosa.effects.trim's default, as in the study). Bundles record it (bundle.manifest).
 TRIM_TOP_DB = 60.0
 
+# New bundles' members read every clip scaled to this BS.1770 integrated loudness (LUFS), so the
+# recording level cannot decide the emotion (ser_worker.loudness; recorded in each manifest). EBU
+# R128's programme level; speech corpora sit from about -45 (RAVDESS) to -20 LUFS.
+TARGET_LUFS = -23.0
+
 # Training epochs when nobody says otherwise: `ser-cli train`, scheduled retraining, TrainConfig.
 DEFAULT_EPOCHS = 30
 

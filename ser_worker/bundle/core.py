@@ -20,6 +20,7 @@ from ser_worker.bundle.manifest import (
     Manifest,
 )
 from ser_worker.bundle.records import MemberPrediction, PreparedClip
+from ser_worker.evaluation.calibration import temperature_scaled
 from ser_worker.evaluation.ensemble import mix, normalised_weights
 from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE
 
@@ -184,11 +185,14 @@ def predict_features(
     probabilities = predict_probabilities(
         bundle, features_list, encoder_vectors=encoder_vectors, batch_size=batch_size
     )
-    probabilities[ENSEMBLE] = mix(probabilities, bundle.ensemble_weights)
+    calibration = bundle.manifest.member_calibration
+    probabilities[ENSEMBLE] = temperature_scaled(
+        mix(probabilities, bundle.ensemble_weights), calibration.temperature
+    )
     labels = bundle.labels
     return [
         {
-            name: MemberPrediction.from_probabilities(p[i], labels)
+            name: MemberPrediction.from_probabilities(p[i], labels, calibration.uncertain_below)
             for name, p in probabilities.items()
         }
         for i in range(len(features_list))

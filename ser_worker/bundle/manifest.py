@@ -13,7 +13,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from ser_worker.labels import EMOTIONS, ENCODER, MODEL_NAMES, SAMPLE_RATE, TRIM_TOP_DB
+from ser_worker.labels import (
+    EMOTIONS,
+    ENCODER,
+    MODEL_NAMES,
+    SAMPLE_RATE,
+    TARGET_LUFS,
+    TRIM_TOP_DB,
+)
 
 FORMAT = "ser-bundle/1"
 MANIFEST_NAME = "manifest.json"
@@ -60,11 +67,34 @@ class EncoderPreprocessing(_Entry):
     trim: bool = False
 
 
+LOUDNESS_METHOD = "bs1770-after-peak"
+
+
+class LoudnessPreprocessing(_Entry):
+    """Every member reads the clip scaled to one BS.1770 integrated loudness (ser_worker.loudness),
+    before any trimming: the recording level cannot decide the emotion."""
+
+    method: str = LOUDNESS_METHOD
+    target_lufs: float = TARGET_LUFS
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method != LOUDNESS_METHOD:
+            raise ValueError(
+                f"unknown loudness method {method!r}; this code knows {LOUDNESS_METHOD}"
+            )
+        return method
+
+
 class Preprocessing(_Entry):
     """How each member reads a decoded clip. Bundles written before this was recorded (the
-    shipped one, every stored one) get these defaults, which are what they were trained with."""
+    shipped one, every stored one) get these defaults, which are what they were trained with:
+    no loudness normalisation. What new bundles record is ``CURRENT_PREPROCESSING``."""
 
     sample_rate: int = SAMPLE_RATE
+    # None: the clip as decoded, at whatever level it was recorded (bundles before issue #14).
+    loudness: LoudnessPreprocessing | None = None
     cnn: CnnPreprocessing = CnnPreprocessing()
     encoder: EncoderPreprocessing = EncoderPreprocessing()
 
@@ -77,6 +107,34 @@ class Preprocessing(_Entry):
                 f"bundle preprocessing at {rate} Hz; this code serves {SAMPLE_RATE} Hz"
             )
         return rate
+
+
+# What every bundle trained by this code records, and what its members learn from.
+CURRENT_PREPROCESSING = Preprocessing(loudness=LoudnessPreprocessing())
+
+
+class Calibration(_Entry):
+    """How far the ensemble's confidence can be taken at its word. The ensemble's probabilities
+    are temperature-scaled (``evaluation.calibration.temperature_scaled``) with `temperature`,
+    fitted on validation speakers; a clip whose best class then holds less than
+    `uncertain_below` is marked uncertain. Bundles without it: temperature 1, threshold 0.5."""
+
+    temperature: float = 1.0
+    uncertain_below: float = 0.5
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"temperature must be above 0, got {value}")
+        return value
+
+    @field_validator("uncertain_below")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError(f"uncertain_below must lie in [0, 1], got {value}")
+        return value
 
 
 class Manifest(_Entry):
@@ -98,6 +156,7 @@ class Manifest(_Entry):
     ensemble_weights: dict[str, int | float] | None = None
     expected_metrics: dict[str, Any] | None = None
     preprocessing: Preprocessing | None = None
+    calibration: Calibration | None = None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Manifest:
@@ -127,6 +186,10 @@ class Manifest(_Entry):
     @property
     def member_preprocessing(self) -> Preprocessing:
         return self.preprocessing if self.preprocessing is not None else Preprocessing()
+
+    @property
+    def member_calibration(self) -> Calibration:
+        return self.calibration if self.calibration is not None else Calibration()
 
 
 def check_manifest(manifest: Any) -> None:

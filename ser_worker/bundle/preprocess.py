@@ -1,7 +1,8 @@
 """A decoded clip as each member of a bundle reads it, following the manifest's preprocessing.
 
 The CNNs were trained on clips with their edge silence cut, the speech encoder's head on clips
-as decoded: that rule lives here and in the manifest, nowhere else (``Bundle.prepare``).
+as decoded; members of new bundles read every clip at one loudness. Those rules live here and in
+the manifest, nowhere else (``Bundle.prepare``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from ser_worker.audio import AudioLimits, check_duration, resample, trim_silence
 from ser_worker.bundle.manifest import Preprocessing
 from ser_worker.bundle.records import PreparedClip
+from ser_worker.loudness import normalise_loudness
 
 
 def prepare_clip(
@@ -29,6 +31,9 @@ def prepare_clip(
         raise ValueError(f"expected a mono signal (one axis), got shape {y.shape}")
     y = np.ascontiguousarray(resample(y, sampling_rate), dtype=np.float32)
     check_duration(y, limits)
+    if preprocessing.loudness is not None:
+        # Before trimming: the trim threshold is relative to the peak, so it cuts the same edges.
+        y = normalise_loudness(y, preprocessing.sample_rate, preprocessing.loudness.target_lufs)
     top_db = preprocessing.cnn.trim_top_db
     cnn = trim_silence(y, limits, top_db) if preprocessing.cnn.trim else y
     encoder = trim_silence(y, limits) if preprocessing.encoder.trim else y

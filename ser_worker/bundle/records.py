@@ -18,10 +18,15 @@ class MemberPrediction:
     emotion: str
     confidence: float
     probabilities: dict[str, float]
+    # The best class holds less than the bundle's calibration.uncertain_below.
+    uncertain: bool = False
 
     @classmethod
     def from_probabilities(
-        cls, probabilities: np.ndarray, labels: Sequence[str] = EMOTIONS
+        cls,
+        probabilities: np.ndarray,
+        labels: Sequence[str] = EMOTIONS,
+        uncertain_below: float = 0.5,
     ) -> MemberPrediction:
         # Renormalised in float64 so the stored probabilities sum to 1 despite float32 softmax.
         p = np.asarray(probabilities, dtype=np.float64)
@@ -31,6 +36,7 @@ class MemberPrediction:
             emotion=labels[best],
             confidence=float(p[best]),
             probabilities={code: float(v) for code, v in zip(labels, p, strict=True)},
+            uncertain=bool(p[best] < uncertain_below),
         )
 
     def to_dict(self) -> dict:
@@ -38,6 +44,7 @@ class MemberPrediction:
             "emotion": self.emotion,
             "confidence": self.confidence,
             "probabilities": dict(self.probabilities),
+            "uncertain": self.uncertain,
         }
 
 
