@@ -26,6 +26,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             "predicted (ensemble): "
             + ", ".join(f"{code} {summary['emotions'].get(code, 0)}" for code in EMOTIONS)
         )
+    print_uncertain(summary)
     for failure in summary["failed"]:
         console.print(f"[red]failed[/] {safe.name(failure['clip'])}: {safe.name(failure['error'])}")
     for model, metrics in summary.get("metrics", {}).items():
@@ -40,6 +41,27 @@ def print_status(submission_id: str, state: str, counts: dict[str, int]) -> None
     click.echo(
         f"{submission_id} {state}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     )
+
+
+def print_uncertain(counts: dict[str, Any]) -> None:
+    """How many of the ensemble's predictions are uncertain, and below what (the version's
+    threshold); nothing when the ensemble predicted nothing."""
+    if counts.get("predicted"):
+        console.print(
+            f"uncertain (ensemble): {counts['uncertain']} of {counts['predicted']} clips "
+            f"(best class < {counts['uncertain_below']:.2f})"
+        )
+
+
+def uncertain_note(rows: list[dict[str, Any]], below: float, *, marked: bool) -> None:
+    """Below the results: how many of the predictions shown are uncertain, and what that means."""
+    predicted = [row for row in rows if row["emotion"] is not None]
+    uncertain = sum(1 for row in predicted if row["uncertain"])
+    if uncertain:
+        console.print(
+            f"{uncertain} of {len(predicted)} predictions uncertain (best class < {below:.2f})"
+            + ("; marked ? after the confidence" if marked else "")
+        )
 
 
 def seen_warning(seen: int, total: int) -> None:

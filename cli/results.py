@@ -84,6 +84,13 @@ def file_format(output: Path | None, output_format: str | None) -> str:
     help="Only predictions at least this confident (0 to 1).",
 )
 @click.option(
+    "--uncertain/--certain",
+    "uncertain",
+    default=None,
+    help="Only uncertain predictions (the best class below the model version's threshold), "
+    "or only the others.",
+)
+@click.option(
     "--sort",
     type=click.Choice(store.SORT_KEYS),
     help="Most confident first, by clip name, or by emotion; default submission order.",
@@ -99,11 +106,13 @@ def results(
     all_models: bool,
     emotions: tuple[str, ...],
     min_confidence: float | None,
+    uncertain: bool | None,
     sort: str | None,
     limit: int | None,
 ) -> None:
     """The results of a submission (default: the latest; any unique id prefix), one row per
-    clip with the ensemble's prediction; a failed clip shows its error.
+    clip with the ensemble's prediction; a failed clip shows its error, an uncertain
+    prediction a ? after its confidence.
 
     Example: ser-cli results --emotion sad --min-confidence 0.8 --sort confidence -o sad.csv
     """
@@ -125,15 +134,18 @@ def results(
             models=wanted,
             emotions=emotions,
             min_confidence=min_confidence,
+            uncertain=uncertain,
             sort=sort,
             limit=limit,
         )
+        below = store.uncertain_counts(session, submission_id)["uncertain_below"]
     if output is not None:
         tables.write_results(rows, output, fmt)
     else:
         tables.print_results(rows, fmt, show_model=len(wanted) > 1)
     if not rows:
         console.print("no rows match")
+    render.uncertain_note(rows, below, marked=fmt == "table" and output is None)
     clips = {(row["clip"], row["sha256"]): row["seen_in_training"] for row in rows}
     render.seen_warning(sum(clips.values()), len(clips))
 

@@ -294,7 +294,8 @@ def resume(settings: Settings, submission: str | None, wait: bool, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def status(settings: Settings, submission: str | None, as_json: bool) -> None:
-    """State and counts of a submission (default: the latest).
+    """State and counts of a submission (default: the latest), and how many of the ensemble's
+    predictions are uncertain.
 
     Example: ser-cli status 3f2c...
     """
@@ -308,8 +309,12 @@ def status(settings: Settings, submission: str | None, as_json: bool) -> None:
             console.print(f"clips not queued: {error.message}", style="yellow", markup=False)
     with session_scope() as session:
         counts = store.status_counts(session, submission_id)
+        uncertain = store.uncertain_counts(session, submission_id)
     state = "processing" if counts.get("pending") else "finished"
     if as_json:
-        render.echo_json({"submission": submission_id, "state": state, "counts": counts})
+        render.echo_json(
+            {"submission": submission_id, "state": state, "counts": counts, **uncertain}
+        )
     else:
         render.print_status(submission_id, state, counts)
+        render.print_uncertain(uncertain)

@@ -29,6 +29,7 @@ RESULT_CSV_COLUMNS = (
     "model_version",
     "emotion",
     "confidence",
+    "uncertain",
     "true_emotion",
     "seen_in_training",
 )
@@ -118,7 +119,8 @@ def print_results_table(
     columns |= {
         "status": [row["status"] for row in rows],
         "emotion": [row["emotion"] or "" for row in rows],
-        "conf": [f"{row['confidence']:.2f}" if row["emotion"] else "" for row in rows],
+        # An uncertain prediction: the best class below the version's threshold.
+        "conf": [_confidence(row) for row in rows],
         "true": [row["true_emotion"] or "" for row in rows],
         # In the model's training data: the summary line below the table says what that means.
         "seen": ["yes" if row["seen_in_training"] else "" for row in rows],
@@ -184,6 +186,12 @@ def _left(columns: dict[str, list[str]], width: int) -> int:
 
 # The narrowest a wrapping note column gets.
 _NOTE = 12
+
+
+def _confidence(row: dict[str, Any]) -> str:
+    if not row["emotion"]:
+        return ""
+    return f"{row['confidence']:.2f}" + ("?" if row["uncertain"] else "")
 
 
 def _note(row: dict[str, Any]) -> str:

@@ -32,7 +32,8 @@ class Prediction:
 
     A failed clip has `emotion` None and `error_code` set (the service's codes: "empty",
     "not_audio", "too_short", ..., "decode_error" for a decoder crash, "unreadable" for a file
-    that cannot be read).
+    that cannot be read). `uncertain`: the ensemble's best class holds less than the bundle's
+    threshold (its calibration's `uncertain_below`); None for a failed clip.
     """
 
     emotion: str | None
@@ -43,6 +44,7 @@ class Prediction:
     path: str | None = None
     error_code: str | None = None
     error: str | None = None
+    uncertain: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -54,6 +56,7 @@ class Prediction:
             "emotion": self.emotion,
             "confidence": self.confidence,
             "probabilities": dict(self.probabilities),
+            "uncertain": self.uncertain,
             "model_version": self.model_version,
             "per_member": {name: p.to_dict() for name, p in self.per_member.items()},
             "error_code": self.error_code,
@@ -153,4 +156,5 @@ class Recognizer:
             model_version=self.model_version,
             per_member={name: p for name, p in by_member.items() if name != ENSEMBLE},
             path=path,
+            uncertain=ensemble.uncertain,
         )

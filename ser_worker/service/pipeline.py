@@ -119,6 +119,7 @@ def prediction_rows(
             "emotion": prediction.emotion,
             "confidence": prediction.confidence,
             "probabilities": prediction.probabilities,
+            "uncertain": prediction.uncertain,
             "created_at": now,
         }
         for sha256, by_model in zip(prepared, predictions, strict=True)
@@ -200,11 +201,11 @@ def load_labelled_clips(session: Session, run: TrainingRun) -> TrainingData:
 
 def training_clip(y: np.ndarray, limits: AudioLimits) -> PreparedClip:
     """A decoded clip as a new bundle's members will read it: no bundle exists yet to ask, so
-    the preprocessing every new bundle records (its defaults)."""
-    from ser_worker.bundle.manifest import Preprocessing
+    the preprocessing every new bundle records (CURRENT_PREPROCESSING)."""
+    from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
     from ser_worker.bundle.preprocess import prepare_clip
 
-    return prepare_clip(y, SAMPLE_RATE, Preprocessing(), limits)
+    return prepare_clip(y, SAMPLE_RATE, CURRENT_PREPROCESSING, limits)
 
 
 def train_run(run_id: int, params: Mapping[str, Any], data: TrainingData) -> TrainedRun:

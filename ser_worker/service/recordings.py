@@ -207,6 +207,7 @@ def predict_segments(session: Session, segment_ids: list[int]) -> dict[str, int]
                     "emotion": p.emotion,
                     "confidence": p.confidence,
                     "probabilities": p.probabilities,
+                    "uncertain": p.uncertain,
                 }
                 for segment_id, by_model in zip(prepared, predictions, strict=True)
                 for model, p in by_model.items()

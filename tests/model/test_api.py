@@ -47,6 +47,11 @@ def test_a_good_clip(recognizer):
     as_dict = result.to_dict()
     json.dumps(as_dict)
     assert as_dict["error_code"] is None and set(as_dict["per_member"]) == set(MEMBERS)
+    # The ensemble's flag, at the bundle's threshold (0.5: the shipped bundle records none).
+    assert (
+        result.uncertain is (result.confidence < 0.5) and as_dict["uncertain"] is result.uncertain
+    )
+    assert all("uncertain" in member for member in as_dict["per_member"].values())
 
 
 def test_a_batch_with_bad_files_still_predicts_the_rest(recognizer, tmp_path):
@@ -68,6 +73,7 @@ def test_a_batch_with_bad_files_still_predicts_the_rest(recognizer, tmp_path):
     ]
     for bad in (results[1], results[3], results[4]):
         assert bad.emotion is None and bad.error and not bad.ok and bad.per_member == {}
+        assert bad.uncertain is None
     alone = [recognizer.predict_file(p) for p in good]
     for batched, single in zip((results[0], results[2], results[5]), alone, strict=True):
         assert batched.emotion == single.emotion

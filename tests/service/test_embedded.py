@@ -35,6 +35,11 @@ def test_submit_wait_works_with_nothing_configured(tmp_path):
     rows = json.loads(run_cli(env, "results", "--all-models", "--format", "json").stdout)
     assert {row["model"] for row in rows} == {"cnn1d", "cnn2d", "encoder", "ensemble"}
     assert all(row["emotion"] in EMOTIONS for row in rows)
+    # The shipped bundle records no calibration: uncertain below 0.5, as stored by the worker.
+    assert all(row["uncertain"] is (row["confidence"] < 0.5) for row in rows)
+    ensemble = [row for row in rows if row["model"] == "ensemble"]
+    assert summary["uncertain"] == sum(row["uncertain"] for row in ensemble)
+    assert (summary["predicted"], summary["uncertain_below"]) == (12, 0.5)
 
 
 def test_cli_errors_are_clear_and_non_zero(tmp_path):

@@ -105,6 +105,7 @@ def _prediction(sha256, version_id, model, emotion, confidence) -> dict:
         "emotion": emotion,
         "confidence": confidence,
         "probabilities": probabilities,
+        "uncertain": confidence < 0.5,  # as a bundle without a calibration record marks it
     }
 
 

@@ -76,6 +76,7 @@ def test_segments_are_listed_by_recording_then_start_and_finished_once(url):
                 "emotion": emotion,
                 "confidence": confidence,
                 "probabilities": _probabilities(emotion, confidence),
+                "uncertain": confidence < 0.5,
             }
             for segment, emotion, confidence in zip(
                 segments, ("SAD", "ANG"), (0.9, 0.4), strict=True

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -122,6 +123,8 @@ class Prediction(Base):
     emotion: Mapped[str] = mapped_column(String(3))
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
+    # The best class held less than the bundle's calibration.uncertain_below.
+    uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -213,3 +216,4 @@ class SegmentPrediction(Base):
     emotion: Mapped[str] = mapped_column(String(3))
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
+    uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())

@@ -20,6 +20,8 @@ from ser_worker.service.store.predictions import (
     result_rows,
     save_predictions,
     submission_models,
+    uncertain_below,
+    uncertain_counts,
     version_models,
 )
 from ser_worker.service.store.runs import (
@@ -124,6 +126,8 @@ __all__ = [
     "submission_models",
     "submission_summary",
     "submissions_listing",
+    "uncertain_below",
+    "uncertain_counts",
     "version_models",
     "versions_listing",
 ]

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from ser_worker.evaluation.metrics import evaluate
 from ser_worker.labels import ENSEMBLE
 from ser_worker.service.db.models import Evaluation, ModelVersion, Submission, utcnow
-from ser_worker.service.store.predictions import result_rows
+from ser_worker.service.store.predictions import result_rows, uncertain_counts
 from ser_worker.service.store.sql import insert
 from ser_worker.service.store.submissions import status_counts
 
@@ -97,7 +97,8 @@ def evaluations_listing(session: Session, limit: int = 20) -> list[dict[str, Any
 
 
 def submission_summary(session: Session, submission_id: str) -> dict[str, Any]:
-    """Counts, the ensemble's emotions and failures, and scores where clips carry labels."""
+    """Counts, the ensemble's emotions, uncertain predictions and failures, and scores where
+    clips carry labels."""
     rows = result_rows(session, submission_id)
     ensemble = [row for row in rows if row["model"] == ENSEMBLE]
     summary: dict[str, Any] = {
@@ -112,6 +113,8 @@ def submission_summary(session: Session, submission_id: str) -> dict[str, Any]:
         # Scores on clips the model learnt from are no test: the CLI says how many there are.
         "clips": len(ensemble),
         "seen_in_training": sum(1 for row in ensemble if row["seen_in_training"]),
+        # The ensemble's predictions whose best class is below the version's threshold.
+        **uncertain_counts(session, submission_id),
     }
     outcomes = labelled_outcomes(rows)
     if outcomes:

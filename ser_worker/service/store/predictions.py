@@ -4,9 +4,10 @@ and a replayed task finds its rows already there."""
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from ser_worker.bundle.manifest import Calibration
 from ser_worker.labels import ENCODER, ENSEMBLE, MODEL_NAMES, RESULT_MODELS
 from ser_worker.service.db.models import Prediction, Submission, SubmissionItem
 from ser_worker.service.store.sql import insert, is_postgresql
@@ -62,6 +63,7 @@ def save_predictions(session: Session, rows: Sequence[dict[str, Any]], *, overwr
                 "emotion": statement.excluded.emotion,
                 "confidence": statement.excluded.confidence,
                 "probabilities": statement.excluded.probabilities,
+                "uncertain": statement.excluded.uncertain,
                 "created_at": statement.excluded.created_at,
             },
         )
@@ -78,6 +80,38 @@ def version_models(manifest: Mapping[str, Any]) -> tuple[str, ...]:
     if ENCODER in manifest:
         present.add(ENCODER)
     return tuple(model for model in RESULT_MODELS if model in present)
+
+
+def uncertain_below(manifest: Mapping[str, Any] | None) -> float:
+    """A version's threshold: a prediction whose best class holds less is stored uncertain
+    (0.5 for a bundle without a calibration record)."""
+    recorded = (manifest or {}).get("calibration") or {}
+    return Calibration.model_validate(recorded).uncertain_below
+
+
+def uncertain_counts(session: Session, submission_id: str) -> dict[str, Any]:
+    """How many of a submission's done clips the ensemble predicted (`predicted`), how many of
+    those are uncertain, and the threshold of the version that predicted them."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise KeyError(submission_id)
+    version = submission.model_version
+    predicted, uncertain = session.execute(
+        select(func.count(), func.sum(case((Prediction.uncertain, 1), else_=0)))
+        .select_from(SubmissionItem)
+        .join(
+            Prediction,
+            (Prediction.sha256 == SubmissionItem.sha256)
+            & (Prediction.model_version_id == submission.model_version_id)
+            & (Prediction.model == ENSEMBLE),
+        )
+        .where(SubmissionItem.submission_id == submission_id, SubmissionItem.status == "done")
+    ).one()
+    return {
+        "predicted": predicted,
+        "uncertain": uncertain or 0,
+        "uncertain_below": uncertain_below(version.manifest if version is not None else None),
+    }
 
 
 def submission_models(session: Session, submission_id: str) -> tuple[str | None, tuple[str, ...]]:
@@ -98,13 +132,15 @@ def result_rows(
     models: Sequence[str] = RESULT_MODELS,
     emotions: Sequence[str] = (),
     min_confidence: float | None = None,
+    uncertain: bool | None = None,
     sort: str | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per clip and model, the results JSON format of the README.
 
-    A pending or failed clip has a row per model too, without a prediction; the emotion and
-    confidence filters keep only rows that have one. Sorting by confidence puts the most
+    A pending or failed clip has a row per model too, without a prediction; the emotion,
+    confidence and `uncertain` filters (True: only uncertain predictions; False: only the
+    others) keep only rows that have one. Sorting by confidence puts the most
     confident first; by emotion, the most confident of each emotion first.
     """
     submission = session.get(Submission, submission_id)
@@ -131,19 +167,26 @@ def result_rows(
             if item.status == "done" and prediction is None:
                 continue
             row = _result_row(submission_id, item, model, version, prediction, in_training)
-            if _wanted(row, emotions, min_confidence):
+            if _wanted(row, emotions, min_confidence, uncertain):
                 rows.append(row)
     if sort is not None:
         rows.sort(key=_SORTS[sort])
     return rows[:limit] if limit is not None else rows
 
 
-def _wanted(row: dict[str, Any], emotions: Sequence[str], min_confidence: float | None) -> bool:
+def _wanted(
+    row: dict[str, Any],
+    emotions: Sequence[str],
+    min_confidence: float | None,
+    uncertain: bool | None,
+) -> bool:
     if emotions and row["emotion"] not in emotions:
         return False
-    return min_confidence is None or (
-        row["emotion"] is not None and row["confidence"] >= min_confidence
-    )
+    if (min_confidence is not None or uncertain is not None) and row["emotion"] is None:
+        return False
+    if min_confidence is not None and row["confidence"] < min_confidence:
+        return False
+    return uncertain is None or row["uncertain"] == uncertain
 
 
 def _confidence_first(row: dict[str, Any]) -> float:
@@ -174,6 +217,7 @@ def _result_row(submission_id, item, model, version, prediction, in_training) ->
         "emotion": prediction.emotion if done else None,
         "confidence": prediction.confidence if done else None,
         "probabilities": prediction.probabilities if done else None,
+        "uncertain": prediction.uncertain if done else None,
         "true_emotion": item.true_emotion,
         "seen_in_training": in_training,
     }

@@ -25,9 +25,6 @@ from ser_worker.service.store.sql import insert, is_postgresql
 
 # The submission kind whose items are recordings.
 TIMELINE = "timeline"
-# A segment whose best class holds less than this share of the probability is flagged: the
-# models do not agree with themselves about it.
-UNCERTAIN_BELOW = 0.5
 NO_SPEECH = "no speech found: the recording has no speech segments"
 
 
@@ -209,7 +206,7 @@ def timeline_rows(
             "emotion": prediction.emotion,
             "confidence": prediction.confidence,
             "probabilities": prediction.probabilities,
-            "uncertain": prediction.confidence < UNCERTAIN_BELOW,
+            "uncertain": prediction.uncertain,
         }
         for item, segment, prediction in found
     ]
