@@ -45,7 +45,7 @@ from research.default_model import RECORD, DefaultModelRecipe, RecipeError
 from ser_worker.audio import load_audio
 from ser_worker.bundle import load_bundle, save_bundle, with_encoder_head
 from ser_worker.bundle.core import embed
-from ser_worker.bundle.manifest import Preprocessing
+from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
 from ser_worker.bundle.preprocess import prepare_clip
 from ser_worker.datasets import LabelledClip, Split, load_dataset
 from ser_worker.evaluation.metrics import plot_history
@@ -110,8 +110,8 @@ def main() -> None:
     started = time.perf_counter()
     clips = load_dataset(args.data / "ravdess").clips + load_dataset(args.data / "tess").clips
     # Each member learns from the clips as the bundle's members will read them: no bundle
-    # exists yet to ask, so the preprocessing every new bundle records (its defaults).
-    preprocessing = Preprocessing()
+    # exists yet to ask, so the preprocessing every new bundle records.
+    preprocessing = CURRENT_PREPROCESSING
     prepared = [
         prepare_clip(load_audio(clip.path, trim=False), SAMPLE_RATE, preprocessing)
         for clip in clips

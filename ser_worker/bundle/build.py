@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from ser_worker.bundle.core import Bundle, check_encoder_head
 from ser_worker.bundle.manifest import (
+    CURRENT_PREPROCESSING,
     ENCODER_HEAD_NAME,
     FORMAT,
     WEIGHTS_SUFFIX,
     BundleError,
-    Preprocessing,
+    Calibration,
     check_ensemble_weights,
 )
 from ser_worker.bundle.onnx import ONNX_SUFFIX, exporter_available
@@ -45,6 +46,7 @@ def create_bundle(
     ensemble_weights: dict[str, float] | None = None,
     encoder_head: LinearHead | None = None,
     encoder_layers: Sequence[int] | None = None,
+    calibration: Calibration | None = None,
     notes: str = "",
     created_at: datetime | None = None,
 ) -> Bundle:
@@ -93,6 +95,9 @@ def create_bundle(
         # Part of the version hash: the weights change what the ensemble predicts.
         check_ensemble_weights(ensemble_weights, members)
         manifest["ensemble_weights"] = dict(ensemble_weights)
+    if calibration is not None:
+        # Part of the version hash too: the temperature changes the ensemble's probabilities.
+        manifest["calibration"] = calibration.model_dump()
     for name, model in models.items():
         expected = tuple(manifest["models"][name]["input_shape"])
         if tuple(model.input_shape[1:]) != expected:
@@ -130,7 +135,7 @@ def _content_hash(
 
 def _preprocessing() -> dict[str, Any]:
     """What this code does to a clip for each member, recorded so later code repeats it."""
-    return Preprocessing().model_dump()
+    return CURRENT_PREPROCESSING.model_dump()
 
 
 def _encoder_entry(head: LinearHead, layers: Sequence[int] | None) -> dict[str, Any]:
@@ -158,9 +163,11 @@ def with_encoder_head(
     encoder_layers: Sequence[int] | None = None,
     split: dict | None = None,
     training_data: dict | None = None,
+    calibration: Calibration | None = None,
     notes: str | None = None,
 ) -> Bundle:
-    """A new version: the bundle's CNNs and training record, plus the speech encoder's head."""
+    """A new version: the bundle's CNNs and training record, plus the speech encoder's head
+    (and the ensemble's calibration, which the head changes)."""
     from ser_worker.models.encoder import LICENCE
 
     manifest = bundle.manifest
@@ -177,6 +184,7 @@ def with_encoder_head(
         ensemble_weights=ensemble_weights,
         encoder_head=head,
         encoder_layers=encoder_layers,
+        calibration=calibration,
         notes=notes if notes is not None else manifest.notes,
     )
 

@@ -31,12 +31,18 @@ def prepare_clip(
         raise ValueError(f"expected a mono signal (one axis), got shape {y.shape}")
     y = np.ascontiguousarray(resample(y, sampling_rate), dtype=np.float32)
     check_duration(y, limits)
-    if preprocessing.loudness is not None:
-        # Before trimming: the trim threshold is relative to the peak, so it cuts the same edges.
-        y = normalise_loudness(y, preprocessing.sample_rate, preprocessing.loudness.target_lufs)
+    # Before trimming: the trim threshold is relative to the peak, so it cuts the same edges.
+    y = at_loudness(y, preprocessing)
     top_db = preprocessing.cnn.trim_top_db
     cnn = trim_silence(y, limits, top_db) if preprocessing.cnn.trim else y
     encoder = trim_silence(y, limits) if preprocessing.encoder.trim else y
     return PreparedClip(
         cnn=cnn, encoder=encoder, duration_s=cnn.shape[0] / preprocessing.sample_rate
     )
+
+
+def at_loudness(y: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """`y` (at the bundle's rate) at the loudness the manifest asks for; as it is if none."""
+    if preprocessing.loudness is None:
+        return y
+    return normalise_loudness(y, preprocessing.sample_rate, preprocessing.loudness.target_lufs)

@@ -26,6 +26,8 @@ RT60_RANGE_S = (0.2, 0.9)
 DIRECT_TO_REVERBERANT_DB = 3.0
 MP3_BITRATES = (32, 48, 64)
 NOISE_COLOURS = ("white", "pink", "brown")
+# Clips a babble copy draws its talkers from (spread over the speaker's clips).
+BABBLE_POOL = 8
 CHANNELS = ("noise", "babble", "telephone", "band", "mp3", "opus", "reverb")
 
 
@@ -219,3 +221,23 @@ def _aligned(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:
         lags = correlate(decoded, reference, mode="valid", method="fft")
         decoded = decoded[int(np.argmax(lags)) :]
     return _same_length(decoded, n)
+
+
+def channel_copies(
+    waveforms: Sequence[np.ndarray], groups: Sequence[str | None], count: int, seed: int
+) -> list[list[np.ndarray]]:
+    """`count` copies of every waveform through `random_channel`, drawn from one Generator copy
+    after copy. Babble comes from other waveforms of the same group (a speaker): no voice
+    crosses a speaker split, and the talker underneath says other things in other emotions."""
+    rng = np.random.default_rng(seed)
+    members: dict[str | None, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    copies = []
+    for _ in range(count):
+        copy = []
+        for i, y in enumerate(waveforms):
+            others = [waveforms[j] for j in members[groups[i]] if j != i]
+            copy.append(random_channel(y, rng, others[:: max(1, len(others) // BABBLE_POOL)]))
+        copies.append(copy)
+    return copies

@@ -33,6 +33,9 @@ class TrainConfig:
     early_stopping_patience: int = 6
     reduce_lr_patience: int = 3
     augment_copies: int = 1
+    # Copies of each training clip through a random recording channel (features.channel) that
+    # the speech encoder's head also learns from (docs/RESULTS.md, "Robust to the recording").
+    channel_copies: int = 2
     spec_augment: bool = True
     random_crop: bool = True
     class_weights: bool = True
@@ -49,8 +52,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.augment_copies < 0:
-            raise ValueError(f"augment_copies must be >= 0, got {self.augment_copies}")
+        for name in ("augment_copies", "channel_copies"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -63,6 +67,7 @@ class TrainConfig:
             "early_stopping_patience": self.early_stopping_patience,
             "reduce_lr_patience": self.reduce_lr_patience,
             "augment_copies": self.augment_copies,
+            "channel_copies": self.channel_copies,
             "spec_augment": self.spec_augment,
             "random_crop": self.random_crop,
             "class_weights": self.class_weights,

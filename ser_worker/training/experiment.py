@@ -17,9 +17,13 @@ from ser_worker.bundle.core import (
     predict_features,
     predict_probabilities,
 )
+from ser_worker.bundle.manifest import Calibration
+from ser_worker.bundle.preprocess import at_loudness
 from ser_worker.datasets import LabelledClip, Split
+from ser_worker.evaluation.calibration import fit_temperature
 from ser_worker.evaluation.ensemble import mix
 from ser_worker.evaluation.metrics import choose_share, evaluate
+from ser_worker.features.channel import channel_copies
 from ser_worker.features.study import ClipFeatures
 from ser_worker.labels import EMOTIONS, ENCODER
 from ser_worker.training.cache import augmented_copies, extract_all
@@ -105,8 +109,13 @@ def train_and_evaluate(
     if untrimmed is None:
         return bundle, metrics
     if progress:
-        progress(f"speech encoder: vectors of {len(untrimmed)} clips, then its head")
-    return add_encoder(bundle, features, untrimmed, clips, split)
+        progress(
+            f"speech encoder: vectors of {len(untrimmed)} clips and {config.channel_copies} "
+            "channel copies of the training side, then its head"
+        )
+    return add_encoder(
+        bundle, features, untrimmed, clips, split, copies=config.channel_copies, seed=config.seed
+    )
 
 
 def add_encoder(
@@ -115,10 +124,15 @@ def add_encoder(
     untrimmed: Sequence[np.ndarray],
     clips: Sequence[LabelledClip],
     split: Split,
+    *,
+    copies: int = 0,
+    seed: int = 0,
 ) -> tuple[Bundle, dict[str, dict[str, Any]]]:
-    """The bundle plus the speech encoder's head fitted on split.train, its ensemble share chosen
+    """The bundle plus the speech encoder's head fitted on split.train and `copies` channel
+    copies of it (features.channel), its ensemble share and the ensemble's temperature chosen
     on split.val (the CNNs keep their ratio), and the metrics of the whole on split.test.
 
+    `untrimmed` are the clips as the bundle's encoder reads them (at the bundle's loudness).
     A training side without every class gets no head (the head has one output per class): the
     bundle comes back as it was.
     """
@@ -129,18 +143,35 @@ def add_encoder(
 
     vectors = embed(untrimmed)
     train, val, test = (list(indices) for indices in (split.train, split.val, split.test))
-    head = fit_linear_head(vectors[train], [labels[i] for i in train], EMOTIONS)
+    preprocessing = bundle.manifest.member_preprocessing
+    copied = channel_copies(
+        [untrimmed[i] for i in train], [clips[i].speaker for i in train], copies, seed
+    )
+    head = fit_linear_head(
+        np.concatenate(
+            [vectors[train]]
+            + [embed([at_loudness(y, preprocessing) for y in copy]) for copy in copied]
+        ),
+        [labels[i] for i in train] * (1 + copies),
+        EMOTIONS,
+    )
     cnn_weights = bundle.ensemble_weights
     cnn_val = predict_probabilities(bundle, [features[i] for i in val])
-    share = choose_share(
-        [labels[i] for i in val],
-        head.probabilities(vectors[val]),
-        mix(cnn_val, cnn_weights),
-    )
+    val_labels, encoder_val = [labels[i] for i in val], head.probabilities(vectors[val])
+    share = choose_share(val_labels, encoder_val, mix(cnn_val, cnn_weights))
     weights = {ENCODER: share} | {
         name: round((1 - share) * weight, 6) for name, weight in cnn_weights.items()
     }
-    with_head = with_encoder_head(bundle, head, weights)
+    calibration = (
+        Calibration(
+            temperature=round(
+                fit_temperature(val_labels, mix({ENCODER: encoder_val} | cnn_val, weights)), 4
+            )
+        )
+        if val
+        else None
+    )
+    with_head = with_encoder_head(bundle, head, weights, calibration=calibration)
     metrics = evaluate_features(
         with_head,
         [features[i] for i in test],

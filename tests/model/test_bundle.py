@@ -92,6 +92,7 @@ def test_manifest_contents(bundle):
     assert m["code_version"]["ser"] == "0.1.0"
     assert m["preprocessing"] == {
         "sample_rate": 16_000,
+        "loudness": {"method": "bs1770-after-peak", "target_lufs": -23.0},
         "cnn": {"trim": True, "trim_top_db": 60.0},
         "encoder": {"trim": False},
     }
@@ -396,3 +397,47 @@ def test_unknown_manifest_keys_are_kept(bundle_file):
     assert read_manifest(patched).to_dict()["future"] == extra["future"]
     rewritten = read_manifest(bundle_bytes(load_bundle(patched)))
     assert rewritten.to_dict() == read_manifest(patched).to_dict()
+
+
+def test_a_new_bundle_answers_the_same_whatever_the_recording_level(encoder_bundle):
+    """Issue #14's invariance by construction: every member of a bundle with loudness
+    normalisation gives the same probabilities for a clip 20 dB quieter, 10 dB louder (kept
+    under full scale) or peak-normalised; a bundle without it (as the shipped one was) does not."""
+    from ser_worker.bundle.manifest import Calibration
+    from ser_worker.features import channel
+
+    y = load_audio(sorted(DATA.rglob("*.flac"))[0], trim=False)
+    calibrated = create_bundle(
+        encoder_bundle.models,
+        feature_settings=encoder_bundle.feature_settings,
+        normalizer=encoder_bundle.normalizer,
+        encoder_head=encoder_bundle.encoder_head,
+        ensemble_weights={"cnn1d": 0.2, "cnn2d": 0.3, "encoder": 0.5},
+        calibration=Calibration(temperature=1.5),
+    )
+    assert calibrated.manifest.preprocessing.loudness is not None
+    versions = [
+        y,
+        channel.gain(y, -20.0),
+        channel.gain_with_guard(y, 10.0),
+        channel.peak_normalised(y),
+    ]
+    answers = calibrated.predict(versions, 16_000)
+    for answer in answers[1:]:
+        for member in ("cnn1d", "cnn2d", "encoder", "ensemble"):
+            a, b = answer[member].probabilities, answers[0][member].probabilities
+            assert max(abs(a[k] - b[k]) for k in a) < 1e-4, member
+    legacy = {**calibrated.manifest.to_dict(), "preprocessing": Preprocessing().model_dump()}
+    as_decoded = Bundle(legacy, calibrated.models, calibrated.encoder_head)
+    from ser_worker.bundle.core import encoder_vectors
+
+    def vectors(bundle):
+        return encoder_vectors(bundle, [bundle.prepare(v, 16_000).encoder for v in versions[:2]])
+
+    def cosine(pair):
+        return float(pair[0] @ pair[1] / np.linalg.norm(pair[0]) / np.linalg.norm(pair[1]))
+
+    # The int8 encoder rounds its activations, so equal waveforms up to float noise give
+    # vectors equal up to that rounding, not bit for bit.
+    legacy, new = cosine(vectors(as_decoded)), cosine(vectors(calibrated))
+    assert new > 0.9999 and legacy < 0.999, (new, legacy)

@@ -79,3 +79,37 @@ def test_a_training_side_without_every_class_gets_no_head(corpus, cnn_bundle):
     bundle, _ = add_encoder(cnn_bundle, features, untrimmed, clips, without_sad)
     assert bundle is cnn_bundle
     assert np.isclose(sum(bundle.ensemble_weights.values()), 1.0)
+
+
+def test_channel_copies_teach_the_head_and_validation_calibrates_the_ensemble(
+    corpus, cnn_bundle, monkeypatch
+):
+    """With copies the head learns from 1 + copies rows per training clip, every copy read at
+    the bundle's loudness, and the ensemble's temperature is fitted on the validation side."""
+    import ser_worker.training.experiment as experiment
+    from ser_worker.loudness import integrated_loudness
+
+    clips, untrimmed, features = corpus
+    split = split_of(clips, "ravdess")
+    seen: list[int] = []
+    loudness: list[float] = []
+    real_embed = experiment.embed
+
+    def counting_embed(waveforms, *args):
+        seen.append(len(waveforms))
+        loudness.extend(integrated_loudness(y, 16_000) for y in waveforms)
+        return real_embed(waveforms, *args)
+
+    monkeypatch.setattr(experiment, "embed", counting_embed)
+    bundle, _ = add_encoder(cnn_bundle, features, untrimmed, clips, split, copies=2, seed=1)
+    n_train = len(split.train)
+    assert seen == [len(clips), n_train, n_train]
+    # The copies (a random gain each) come back at the target loudness of new bundles.
+    assert np.allclose(loudness[len(clips) :], -23.0, atol=0.05)
+    calibration = bundle.manifest.calibration
+    assert calibration is not None and calibration.temperature > 0
+    assert calibration.uncertain_below == 0.5
+    predictions = bundle.predict([untrimmed[i] for i in split.test], 16_000)
+    assert all(
+        p["ensemble"].uncertain == (p["ensemble"].confidence < 0.5) for p in predictions
+    )
