@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ser_worker.bundle.core import Bundle, check_encoder_head
 from ser_worker.bundle.manifest import (
+    ADAPTED_HEAD_NAME,
     ENCODER_HEAD_NAME,
     MANIFEST_NAME,
     UNRECORDED_ENCODER_LAYERS,
@@ -101,6 +102,8 @@ def bundle_bytes(bundle: Bundle) -> bytes:
                     archive.writestr(entry.onnx, _export(bundle.models[name], bare))
             if bundle.encoder_head is not None:
                 archive.writestr(ENCODER_HEAD_NAME, bundle.encoder_head.to_bytes())
+            if bundle.adapted_head is not None:
+                archive.writestr(ADAPTED_HEAD_NAME, bundle.adapted_head.to_bytes())
     return buffer.getvalue()
 
 
@@ -166,6 +169,10 @@ def load_bundle(source: str | Path | bytes, *, runtime: str = "auto") -> Bundle:
                 bundle.models[name] = _keras_model(name, shape, data)
         if manifest.encoder is not None:
             bundle.encoder_head = _encoder_head_from(archive, manifest.encoder)
+            if manifest.encoder.adapted_head:
+                bundle.adapted_head = _encoder_head_from(
+                    archive, manifest.encoder, manifest.encoder.adapted_head
+                )
     return bundle
 
 
@@ -215,7 +222,9 @@ def _export(model: object, bare: keras.Model) -> bytes:
     return onnx.export_cnn(bare)
 
 
-def _encoder_head_from(archive: zipfile.ZipFile, entry: EncoderEntry) -> LinearHead:
+def _encoder_head_from(
+    archive: zipfile.ZipFile, entry: EncoderEntry, name: str | None = None
+) -> LinearHead:
     from ser_worker.models import encoder as speech_encoder
 
     if entry.weights_sha256 != speech_encoder.MODEL_SHA256:
@@ -224,9 +233,9 @@ def _encoder_head_from(archive: zipfile.ZipFile, entry: EncoderEntry) -> LinearH
             f"({entry.weights_sha256}) than this code loads ({speech_encoder.MODEL_SHA256})"
         )
     try:
-        head = speech_encoder.LinearHead.from_bytes(archive.read(entry.head))
+        head = speech_encoder.LinearHead.from_bytes(archive.read(name or entry.head))
     except KeyError:
-        raise BundleError(f"bundle has no encoder head {entry.head!r}") from None
+        raise BundleError(f"bundle has no encoder head {name or entry.head!r}") from None
     except Exception as exc:  # zip, zlib and numpy raise many unrelated types
         raise BundleError(f"the encoder head is corrupt: {exc}") from exc
     try:

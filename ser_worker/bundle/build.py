@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ser_worker.bundle.core import Bundle, check_encoder_head
 from ser_worker.bundle.manifest import (
+    ADAPTED_HEAD_NAME,
     CURRENT_PREPROCESSING,
     ENCODER_HEAD_NAME,
     FORMAT,
@@ -46,6 +47,7 @@ def create_bundle(
     ensemble_weights: dict[str, float] | None = None,
     encoder_head: LinearHead | None = None,
     encoder_layers: Sequence[int] | None = None,
+    adapted_head: LinearHead | None = None,
     calibration: Calibration | None = None,
     notes: str = "",
     created_at: datetime | None = None,
@@ -91,6 +93,9 @@ def create_bundle(
     if encoder_head is not None:
         manifest[ENCODER] = _encoder_entry(encoder_head, encoder_layers)
         members.add(ENCODER)
+        if adapted_head is not None:
+            check_encoder_head(adapted_head, tuple(manifest[ENCODER]["layers"]))
+            manifest[ENCODER]["adapted_head"] = ADAPTED_HEAD_NAME
     if ensemble_weights is not None:
         # Part of the version hash: the weights change what the ensemble predicts.
         check_ensemble_weights(ensemble_weights, members)
@@ -105,12 +110,16 @@ def create_bundle(
                 f"{name} takes input {model.input_shape[1:]} "
                 f"but the feature settings give {expected}"
             )
-    manifest["version"] = make_version(created_at, _content_hash(manifest, models, encoder_head))
-    return Bundle(manifest=manifest, models=dict(models), encoder_head=encoder_head)
+    adapted_head = adapted_head if encoder_head is not None else None
+    heads = [head for head in (encoder_head, adapted_head) if head is not None]
+    manifest["version"] = make_version(created_at, _content_hash(manifest, models, heads))
+    return Bundle(
+        manifest=manifest, models=dict(models), encoder_head=encoder_head, adapted_head=adapted_head
+    )
 
 
 def _content_hash(
-    manifest: dict[str, Any], models: dict[str, keras.Model], head: LinearHead | None
+    manifest: dict[str, Any], models: dict[str, keras.Model], heads: Sequence[LinearHead]
 ) -> str:
     """sha256 of the manifest (its version still None) and every weight, in a fixed order.
 
@@ -128,7 +137,7 @@ def _content_hash(
     for name in sorted(models):
         for array in models[name].get_weights():
             digest.update(array.tobytes())
-    if head is not None:
+    for head in heads:
         digest.update(head.to_bytes())
     return digest.hexdigest()
 
@@ -163,6 +172,7 @@ def with_encoder_head(
     encoder_layers: Sequence[int] | None = None,
     split: dict | None = None,
     training_data: dict | None = None,
+    adapted_head: LinearHead | None = None,
     calibration: Calibration | None = None,
     notes: str | None = None,
 ) -> Bundle:
@@ -184,6 +194,7 @@ def with_encoder_head(
         ensemble_weights=ensemble_weights,
         encoder_head=head,
         encoder_layers=encoder_layers,
+        adapted_head=adapted_head,
         calibration=calibration,
         notes=notes if notes is not None else manifest.notes,
     )

@@ -37,6 +37,8 @@ class Bundle:
     manifest: Manifest
     models: dict[str, keras.Model]
     encoder_head: LinearHead | None = None
+    # Read instead of encoder_head under per-submission adaptation (predict(..., adapt=True)).
+    adapted_head: LinearHead | None = None
 
     def __post_init__(self) -> None:
         self.manifest = Manifest.model_validate(self.manifest)
@@ -45,6 +47,12 @@ class Bundle:
     def members(self) -> tuple[str, ...]:
         """What the ensemble averages: the CNNs, and the encoder's head when there is one."""
         return (*self.models, *((ENCODER,) if self.encoder_head is not None else ()))
+
+    @property
+    def can_adapt(self) -> bool:
+        """Whether this bundle can standardise a submission's encoder vectors by their own
+        statistics (``predict(..., adapt=True)``)."""
+        return self.adapted_head is not None
 
     @property
     def encoder_layers(self) -> tuple[int, ...]:
@@ -88,10 +96,15 @@ class Bundle:
         return prepare_clip(signal, sampling_rate, self.manifest.member_preprocessing, limits)
 
     def predict_prepared(
-        self, clips: Sequence[PreparedClip], *, batch_size: int = 64
+        self, clips: Sequence[PreparedClip], *, batch_size: int = 64, adapt: bool = False
     ) -> list[dict[str, MemberPrediction]]:
-        """One dict per clip: a MemberPrediction per member (``members``) plus the ensemble."""
-        return predict_clips(self, clips, batch_size=batch_size)
+        """One dict per clip: a MemberPrediction per member (``members``) plus the ensemble.
+
+        `adapt`: the clips are one submission from one recording setup, and the encoder's
+        vectors are standardised by their own statistics (``adapted_head``); each clip's answer
+        then depends on the others. Needs MIN_ADAPT_CLIPS clips and a bundle that can_adapt.
+        """
+        return predict_clips(self, clips, batch_size=batch_size, adapt=adapt)
 
     def predict(
         self,
@@ -100,10 +113,11 @@ class Bundle:
         *,
         limits: AudioLimits | None = None,
         batch_size: int = 64,
+        adapt: bool = False,
     ) -> list[dict[str, MemberPrediction]]:
         """``predict_prepared`` of every signal; an unusable one raises its AudioError."""
         clips = [self.prepare(y, sampling_rate, limits) for y in signals]
-        return self.predict_prepared(clips, batch_size=batch_size)
+        return self.predict_prepared(clips, batch_size=batch_size, adapt=adapt)
 
 
 def check_encoder_head(head: LinearHead, layers: tuple[int, ...]) -> None:
@@ -117,7 +131,7 @@ def check_encoder_head(head: LinearHead, layers: tuple[int, ...]) -> None:
 
 
 def predict_clips(
-    bundle: Bundle, clips: Sequence[PreparedClip], *, batch_size: int = 64
+    bundle: Bundle, clips: Sequence[PreparedClip], *, batch_size: int = 64, adapt: bool = False
 ) -> list[dict[str, MemberPrediction]]:
     """What ``Bundle.predict_prepared`` returns: a MemberPrediction per member of the bundle
     (``Bundle.members``) and the ensemble (``Bundle.ensemble_weights``), one dict per clip;
@@ -130,6 +144,7 @@ def predict_clips(
         [extract(clip.cnn, settings) for clip in clips],
         encoder_vectors=encoder_vectors(bundle, [clip.encoder for clip in clips]),
         batch_size=batch_size,
+        adapt=adapt,
     )
 
 
@@ -178,12 +193,13 @@ def predict_features(
     *,
     encoder_vectors: np.ndarray | None = None,
     batch_size: int = 64,
+    adapt: bool = False,
 ) -> list[dict[str, MemberPrediction]]:
     """Like `predict` for features (and encoder vectors) that were already computed."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     probabilities = predict_probabilities(
-        bundle, features_list, encoder_vectors=encoder_vectors, batch_size=batch_size
+        bundle, features_list, encoder_vectors=encoder_vectors, batch_size=batch_size, adapt=adapt
     )
     calibration = bundle.manifest.member_calibration
     probabilities[ENSEMBLE] = temperature_scaled(
@@ -205,9 +221,13 @@ def predict_probabilities(
     *,
     encoder_vectors: np.ndarray | None = None,
     batch_size: int = 64,
+    adapt: bool = False,
 ) -> dict[str, np.ndarray]:
     """Raw softmax outputs, (N, n_classes) per member, for evaluation code that needs arrays."""
     from ser_worker.models.registry import CNN_MEMBERS
+
+    if adapt:
+        check_adaptable(bundle, len(features_list))
 
     if bundle.encoder_head is not None and (
         encoder_vectors is None or len(encoder_vectors) != len(features_list)
@@ -226,6 +246,27 @@ def predict_probabilities(
         name: np.concatenate(chunks) if chunks else np.zeros((0, n_classes), np.float32)
         for name, chunks in outputs.items()
     }
-    if bundle.encoder_head is not None:
+    if adapt:
+        from ser_worker.models.encoder import standardised_by_set
+
+        probabilities[ENCODER] = bundle.adapted_head.probabilities(
+            standardised_by_set(encoder_vectors)
+        )
+    elif bundle.encoder_head is not None:
         probabilities[ENCODER] = bundle.encoder_head.probabilities(encoder_vectors)
     return probabilities
+
+
+def check_adaptable(bundle: Bundle, n_clips: int) -> None:
+    """Raise ValueError unless `n_clips` clips can be adapted to with this bundle."""
+    from ser_worker.models.encoder import MIN_ADAPT_CLIPS
+
+    if not bundle.can_adapt:
+        raise ValueError(
+            f"model version {bundle.version} has no adapted head: per-submission adaptation "
+            "needs a bundle trained with one"
+        )
+    if n_clips < MIN_ADAPT_CLIPS:
+        raise ValueError(
+            f"per-submission adaptation needs at least {MIN_ADAPT_CLIPS} clips, got {n_clips}"
+        )

@@ -26,6 +26,7 @@ FORMAT = "ser-bundle/1"
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_SUFFIX = ".weights.h5"
 ENCODER_HEAD_NAME = "encoder_head.npz"
+ADAPTED_HEAD_NAME = "encoder_head_adapted.npz"
 # Bundles written before the manifest recorded the encoder's layers: their heads read the last
 # block alone.
 UNRECORDED_ENCODER_LAYERS = (6,)
@@ -55,6 +56,8 @@ class EncoderEntry(_Entry):
     window_seconds: int | float | None = None
     trimmed: bool | None = None
     head_parameters: int | None = None
+    # The head read under per-submission adaptation (models.encoder.fit_adapted_head), if any.
+    adapted_head: str | None = None
 
 
 class CnnPreprocessing(_Entry):

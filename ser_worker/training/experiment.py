@@ -139,7 +139,7 @@ def add_encoder(
     labels = [clip.emotion for clip in clips]
     if {labels[i] for i in split.train} != set(EMOTIONS):
         return bundle, bundle.manifest.metrics
-    from ser_worker.models.encoder import fit_linear_head
+    from ser_worker.models.encoder import fit_adapted_head, fit_linear_head
 
     vectors = embed(untrimmed)
     train, val, test = (list(indices) for indices in (split.train, split.val, split.test))
@@ -147,14 +147,15 @@ def add_encoder(
     copied = channel_copies(
         [untrimmed[i] for i in train], [clips[i].speaker for i in train], copies, seed
     )
-    head = fit_linear_head(
-        np.concatenate(
-            [vectors[train]]
-            + [embed([at_loudness(y, preprocessing) for y in copy]) for copy in copied]
-        ),
-        [labels[i] for i in train] * (1 + copies),
-        EMOTIONS,
+    train_vectors = np.concatenate(
+        [vectors[train]] + [embed([at_loudness(y, preprocessing) for y in copy]) for copy in copied]
     )
+    train_labels = [labels[i] for i in train] * (1 + copies)
+    head = fit_linear_head(train_vectors, train_labels, EMOTIONS)
+    # Per-submission adaptation reads vectors standardised within one recording setup: the
+    # head for it learns from each corpus, and each channel copy of it, standardised alone.
+    setups = [f"{clips[i].corpus}:{k}" for k in range(1 + copies) for i in train]
+    adapted = fit_adapted_head(train_vectors, train_labels, setups, EMOTIONS)
     cnn_weights = bundle.ensemble_weights
     cnn_val = predict_probabilities(bundle, [features[i] for i in val])
     val_labels, encoder_val = [labels[i] for i in val], head.probabilities(vectors[val])
@@ -171,7 +172,9 @@ def add_encoder(
         if val
         else None
     )
-    with_head = with_encoder_head(bundle, head, weights, calibration=calibration)
+    with_head = with_encoder_head(
+        bundle, head, weights, adapted_head=adapted, calibration=calibration
+    )
     metrics = evaluate_features(
         with_head,
         [features[i] for i in test],

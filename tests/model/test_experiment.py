@@ -113,3 +113,29 @@ def test_channel_copies_teach_the_head_and_validation_calibrates_the_ensemble(
     assert all(
         p["ensemble"].uncertain == (p["ensemble"].confidence < 0.5) for p in predictions
     )
+
+
+def test_per_submission_adaptation_reads_the_set_standardised(corpus, cnn_bundle):
+    """The adapted head reads each submission's vectors standardised by the submission's own
+    statistics: a common offset and scale of every vector (a recording setup) changes nothing."""
+    from ser_worker.bundle.core import predict_probabilities
+    from ser_worker.models.encoder import MIN_ADAPT_CLIPS
+
+    clips, untrimmed, features = corpus
+    split = split_of(clips, "ravdess")
+    bundle, _ = add_encoder(cnn_bundle, features, untrimmed, clips, split, copies=1)
+    loaded = load_bundle(bundle_bytes(bundle))
+    assert loaded.can_adapt and loaded.manifest.encoder.adapted_head
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(MIN_ADAPT_CLIPS, loaded.encoder_head.coef.shape[1]))
+    many = [features[i % len(features)] for i in range(MIN_ADAPT_CLIPS)]
+    plain = predict_probabilities(loaded, many, encoder_vectors=vectors, adapt=True)
+    shifted = predict_probabilities(
+        loaded, many, encoder_vectors=3.0 * vectors + rng.normal(size=vectors.shape[1]), adapt=True
+    )
+    np.testing.assert_allclose(plain["encoder"], shifted["encoder"], atol=1e-4)
+    np.testing.assert_allclose(plain["cnn2d"], shifted["cnn2d"])
+    with pytest.raises(ValueError, match=f"at least {MIN_ADAPT_CLIPS} clips"):
+        predict_probabilities(loaded, many[:5], encoder_vectors=vectors[:5], adapt=True)
+    with pytest.raises(ValueError, match="no adapted head"):
+        predict_probabilities(cnn_bundle, many, adapt=True)

@@ -32,7 +32,13 @@ from ser_worker.models.encoder.frontend import (
     encoder_windows,
     whisper_log_mel,
 )
-from ser_worker.models.encoder.head import LinearHead, fit_linear_head
+from ser_worker.models.encoder.head import (
+    MIN_ADAPT_CLIPS,
+    LinearHead,
+    fit_adapted_head,
+    fit_linear_head,
+    standardised_by_set,
+)
 from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_NAME,
@@ -64,16 +70,19 @@ __all__ = [
     "WINDOW_FRAMES",
     "WINDOW_SECONDS",
     "EncoderUnavailable",
+    "MIN_ADAPT_CLIPS",
     "LinearHead",
     "SpeechEncoder",
     "check_layers",
     "embedding_size",
     "encoder_arrays",
     "encoder_windows",
+    "fit_adapted_head",
     "fit_linear_head",
     "load_encoder",
     "model_files",
     "pool",
+    "standardised_by_set",
     "verified_weight_parts",
     "whisper_log_mel",
 ]
