@@ -79,6 +79,10 @@ class DefaultModelRecipe(BaseModel):
     seed: int
     encoder_layers: tuple[int, ...]
     head_strength: float  # C of the encoder's logistic-regression head
+    # Channel copies of every clip the heads also learn from (features.channel), and the
+    # ensemble's temperature: both from the robustness runs (research.robustness).
+    channel_copies: int = 0
+    temperature: float = 1.0
     # What the runs give, recorded so a change to them shows in review.
     cnn_runs: tuple[RunFile, ...]
     encoder_runs: RunFile  # research/encoder_report.py's rows; those of `protocol` are used

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from research.common import RESULTS, cell, fill_report, run_file
+from research.default_model import DefaultModelRecipe
 from research.protocols import FOLDS, experiments
 from research.robustness_bank import CONDITIONS, RAW_CONDITIONS, bank_name, corpora
 from ser_worker.evaluation.calibration import (
@@ -24,6 +25,7 @@ from ser_worker.evaluation.calibration import (
 from ser_worker.evaluation.ensemble import mix
 from ser_worker.evaluation.metrics import argmax_macro_f1, choose_share
 from ser_worker.labels import CNN2D, EMOTIONS, ENCODER, ENSEMBLE
+from ser_worker.models.encoder.head import HEAD_STRENGTH
 
 log = logging.getLogger("robustness")
 OUT = RESULTS / "robustness"
@@ -31,7 +33,6 @@ MARKER = "<!-- robustness-table -->"
 SEEDS = (0, 1, 2, 3, 4)
 PROTOCOLS = {"speaker-ravdess-with-tess": SEEDS, "cross-corpus": (0,)}
 TESS_EVERY = 2  # as the CNN runs and the encoder report
-HEAD_STRENGTH = 0.1
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ RECIPES = {
 # to each clip's maximum and trims relative to its peak, so a gain changes none of its inputs
 # (checked on the bank: `cnn2d_level_invariance`). The CNN fold models themselves were not kept,
 # so under noise, codecs and rooms the ensemble is not measured.
+ENSEMBLE_CNN2D = "encoder+cnn2d"
 GAIN_CONDITIONS = ("clean", "gain-20dB", "gain+10dB-guarded", "peak-normalised")
 
 
@@ -86,6 +88,7 @@ def standardised_by_group(vectors: np.ndarray, groups: list[str]) -> np.ndarray:
 
 
 def one_run(bank: Bank, recipe: Recipe, protocol: str, name: str, seed: int, clips, split):
+    from ser_worker.evaluation.metrics import evaluate
     from ser_worker.models.encoder import fit_linear_head
 
     labels = [clip.emotion for clip in clips]
@@ -110,45 +113,58 @@ def one_run(bank: Bank, recipe: Recipe, protocol: str, name: str, seed: int, cli
     head = fit_linear_head(train_x, train_y, EMOTIONS, strength=HEAD_STRENGTH)
     truth = {"val": [labels[i] for i in val], "test": [labels[i] for i in test]}
     val_p = head.probabilities(read(clean[val], val, "clean"))
-    temperature = fit_temperature(truth["val"], val_p)
-    cnn = cnn_fold_run(name, seed, truth)
-    share = choose_share(truth["val"], val_p, cnn["val"]) if cnn else None
-    ensemble_t = (
-        fit_temperature(truth["val"], mix({ENCODER: val_p, CNN2D: cnn["val"]}, _w(share)))
-        if cnn
-        else None
-    )
     row = {
         "recipe": recipe.__dict__,
         "protocol": protocol,
         "experiment": name,
         "seed": seed,
         "test_clips": len(test),
-        "temperature": temperature,
-        "encoder_share": share,
-        "ensemble_temperature": ensemble_t,
+        "temperature": fit_temperature(truth["val"], val_p),
         "conditions": {},
     }
-    clean_labels = {}
+    cnn = cnn_fold_run(name, seed, truth)
+    mixes = {}
+    if cnn:
+        # Two ensembles, each member's share chosen on the validation actors: with cnn2d alone
+        # (whose fold outputs hold for any gain) and with both CNNs at the record's ratio (the
+        # rule of the bundles before #14; cnn1d's fold models read clips as decoded).
+        for key, cnn_part in (("cnn2d", cnn["val_cnn2d"]), ("cnns", cnn["val_cnns"])):
+            share = choose_share(truth["val"], val_p, cnn_part)
+            mixed_val = share * val_p + (1 - share) * cnn_part
+            mixes[key] = (share, fit_temperature(truth["val"], mixed_val))
+        row["encoder_share"] = mixes["cnns"][0]
+        row["encoder_share_cnn2d"] = mixes["cnn2d"][0]
+        row["ensemble_temperature"] = mixes["cnns"][1]
+        row["ensemble_cnn2d_temperature"] = mixes["cnn2d"][1]
+    clean_labels: dict[str, np.ndarray] = {}
     for condition in recipe.conditions:
         p = head.probabilities(
             read(bank.vectors(recipe.preprocessing, condition)[test], test, condition)
         )
-        scores = member_scores(truth["test"], p, temperature, clean_labels.get(ENCODER))
-        result = {ENCODER: scores}
+        result = {
+            ENCODER: member_scores(truth["test"], p, row["temperature"], clean_labels.get(ENCODER))
+        }
         clean_labels.setdefault(ENCODER, p.argmax(axis=1))
-        if cnn and condition in GAIN_CONDITIONS:
-            mixed = mix({ENCODER: p, CNN2D: cnn["test"]}, _w(share))
-            result[ENSEMBLE] = member_scores(
-                truth["test"], mixed, ensemble_t, clean_labels.get(ENSEMBLE)
+        for key, model in (("cnn2d", ENSEMBLE_CNN2D), ("cnns", ENSEMBLE)):
+            if key not in mixes or (key == "cnns" and condition != "clean"):
+                continue
+            if condition not in GAIN_CONDITIONS:
+                continue
+            share, temperature = mixes[key]
+            mixed = share * p + (1 - share) * cnn[f"test_{key}"]
+            result[model] = member_scores(
+                truth["test"], mixed, temperature, clean_labels.get(model)
             )
-            clean_labels.setdefault(ENSEMBLE, mixed.argmax(axis=1))
+            clean_labels.setdefault(model, mixed.argmax(axis=1))
         row["conditions"][condition] = result
+        if condition == "clean":
+            encoder = evaluate(truth["test"], [EMOTIONS[i] for i in p.argmax(axis=1)])
+            row[ENCODER] = {k: encoder[k] for k in ("accuracy", "macro_f1", "confusion")}
+            row["probabilities"] = {
+                part: {"labels": truth[part], ENCODER: np.round(q.astype(np.float64), 4).tolist()}
+                for part, q in (("val", val_p), ("test", p))
+            }
     return row
-
-
-def _w(share: float) -> dict[str, float]:
-    return {ENCODER: share, CNN2D: 1 - share}
 
 
 def member_scores(truth, p, temperature, clean_labels) -> dict:
@@ -165,7 +181,8 @@ def member_scores(truth, p, temperature, clean_labels) -> dict:
 
 
 def cnn_fold_run(name: str, seed: int, truth: dict) -> dict | None:
-    """The cnn2d outputs of the CNN fold run of this split (recipe ours), if it stored them."""
+    """The CNN fold run of this split (recipe ours), if it stored its outputs: cnn2d's, and the
+    two CNNs mixed with the shipped record's CNN weights, on the validation and test sides."""
     path = RESULTS / run_file(name, "ours", seed)
     if not path.exists():
         return None
@@ -173,7 +190,12 @@ def cnn_fold_run(name: str, seed: int, truth: dict) -> dict | None:
     outputs = run.get("probabilities")
     if not outputs or any(outputs[part]["labels"] != truth[part] for part in truth):
         return None
-    return {part: np.asarray(outputs[part][CNN2D]) for part in truth}
+    weights = DefaultModelRecipe.load().cnn_weights
+    found = {}
+    for part in truth:
+        found[f"{part}_cnn2d"] = np.asarray(outputs[part][CNN2D])
+        found[f"{part}_cnns"] = mix({k: np.asarray(outputs[part][k]) for k in weights}, weights)
+    return found
 
 
 def cnn2d_level_invariance(bank: Bank) -> float:

@@ -43,16 +43,16 @@ if not __package__:  # run as a file: import research.* as `python -m` would
 from research.common import DATA, REPO
 from research.default_model import RECORD, DefaultModelRecipe, RecipeError
 from ser_worker.audio import load_audio
-from ser_worker.bundle import load_bundle, save_bundle, with_encoder_head
+from ser_worker.bundle import Bundle, load_bundle, read_manifest, save_bundle, with_encoder_head
 from ser_worker.bundle.core import embed
-from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
+from ser_worker.bundle.manifest import CURRENT_PREPROCESSING, Calibration
 from ser_worker.bundle.preprocess import prepare_clip
 from ser_worker.datasets import LabelledClip, Split, load_dataset
 from ser_worker.evaluation.metrics import plot_history
-from ser_worker.labels import EMOTIONS, SAMPLE_RATE
+from ser_worker.labels import CNN1D, CNN2D, MODEL_NAMES, SAMPLE_RATE
 from ser_worker.models import encoder as speech_encoder
 from ser_worker.training.config import PRECISIONS, TrainConfig
-from ser_worker.training.experiment import train_and_evaluate
+from ser_worker.training.experiment import fit_heads, train_and_evaluate
 
 LICENCES = [
     "RAVDESS: Livingstone SR, Russo FA (2018), The Ryerson Audio-Visual Database of Emotional "
@@ -89,7 +89,14 @@ def main() -> None:
     parser.add_argument(
         "--cnn-weights-from",
         type=Path,
-        help="keep this bundle's CNNs (and their training record); fit only the encoder head",
+        help="keep this bundle's CNNs (and their training record); fit only the encoder's heads",
+    )
+    parser.add_argument(
+        "--retrain",
+        type=lambda text: tuple(text.split(",")),
+        default=(),
+        help="with --cnn-weights-from: retrain these CNNs (e.g. cnn1d) on every clip as new "
+        "bundles read them and keep the others",
     )
     parser.add_argument("--epochs", type=int, default=recipe.epochs)
     parser.add_argument("--monitor-every", type=int, default=recipe.monitor_every)
@@ -120,31 +127,53 @@ def main() -> None:
 
     split = every_clip(clips, args.monitor_every)
     if args.cnn_weights_from:
-        cnns = load_bundle(args.cnn_weights_from)
+        cnns = load_bundle(args.cnn_weights_from, runtime="keras")
         notes = (
             f"CNNs, their training record and feature settings from version {cnns.version} "
-            "(--cnn-weights-from); encoder head fitted on every clip by this script"
+            "(--cnn-weights-from); encoder heads fitted on every clip by this script"
         )
+        if args.retrain:
+            fresh = train_cnns(
+                args, clips, [clip.cnn for clip in prepared], split, log, args.retrain
+            )
+            cnns = with_cnns_from(cnns, fresh)
+            notes = (
+                f"{', '.join(args.retrain)} retrained on every clip by this script, at the "
+                f"loudness new bundles read; the other CNNs from version {cnns_version(args)} "
+                "(level-invariant: decibels relative to each clip's maximum); encoder heads "
+                "fitted on every clip by this script"
+            )
     else:
         cnns = train_cnns(args, clips, [clip.cnn for clip in prepared], split, log)
         notes = ""
     started_head = time.perf_counter()
-    vectors = embed([clip.encoder for clip in prepared], recipe.encoder_layers)
-    head = speech_encoder.fit_linear_head(
-        vectors, [clip.emotion for clip in clips], EMOTIONS, strength=recipe.head_strength
+    untrimmed = [clip.encoder for clip in prepared]
+    head, adapted = fit_heads(
+        embed(untrimmed, recipe.encoder_layers),
+        untrimmed,
+        clips,
+        preprocessing,
+        copies=recipe.channel_copies,
+        seed=recipe.seed,
+        layers=recipe.encoder_layers,
+        strength=recipe.head_strength,
     )
-    log.info("encoder head fitted in %.0f s", time.perf_counter() - started_head)
+    log.info("encoder heads fitted in %.0f s", time.perf_counter() - started_head)
     bundle = with_encoder_head(
         cnns,
         head,
         weights,
         encoder_layers=recipe.encoder_layers,
         split=split.to_dict(),
+        adapted_head=adapted,
+        calibration=Calibration(temperature=recipe.temperature),
         training_data={
             "encoder": (
                 f"{speech_encoder.ENCODER_NAME}, blocks {list(recipe.encoder_layers)} pooled; "
                 f"linear head (C={recipe.head_strength}, balanced classes) on all {len(clips)} "
-                f"clips, {'trimmed' if preprocessing.encoder.trim else 'untrimmed'}"
+                f"clips, {'trimmed' if preprocessing.encoder.trim else 'untrimmed'}, and "
+                f"{recipe.channel_copies} channel copies of each; an adapted head on the same "
+                "vectors standardised per corpus and copy (per-submission adaptation)"
             ),
             "unseen_speaker_estimate": (
                 f"docs/RESULTS.md, {recipe.protocol}, recipe {recipe.recipe} and the encoder's runs"
@@ -157,7 +186,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
 
     args.docs.mkdir(parents=True, exist_ok=True)
-    if not args.cnn_weights_from:
+    if not args.cnn_weights_from or args.retrain:
         for model, history in bundle.manifest.history.items():
             plot_history(
                 history, args.docs / f"default_model_history_{model}.png", title=f"default {model}"
@@ -177,12 +206,22 @@ def main() -> None:
     log.info("wrote %s (%s) in %.0f s", args.out, bundle.version, seconds)
 
 
-def train_cnns(args: argparse.Namespace, clips: list, waveforms: list, split: Split, log):
-    """Both CNNs on every clip, with the project's recipe."""
-    config = TrainConfig(epochs=args.epochs, seed=args.seed, precision=args.precision)
+def train_cnns(
+    args: argparse.Namespace,
+    clips: list,
+    waveforms: list,
+    split: Split,
+    log,
+    models: tuple[str, ...] = MODEL_NAMES,
+):
+    """The CNNs (both by default) on every clip, with the project's recipe."""
+    config = TrainConfig(
+        models=models, epochs=args.epochs, seed=args.seed, precision=args.precision
+    )
     command = (
         f"python -m research.train_default_model --data DATA --epochs {args.epochs} "
         f"--monitor-every {args.monitor_every} --precision {args.precision} --seed {args.seed}"
+        + (f" --cnn-weights-from BUNDLE --retrain {','.join(models)}" if args.retrain else "")
     )
     with tempfile.TemporaryDirectory(prefix="ser-default-") as cache_dir:
         bundle, _no_test_metrics = train_and_evaluate(
@@ -200,6 +239,47 @@ def train_cnns(args: argparse.Namespace, clips: list, waveforms: list, split: Sp
             licences=LICENCES,
         )
     return bundle
+
+
+def cnns_version(args: argparse.Namespace) -> str:
+    return read_manifest(args.cnn_weights_from).version
+
+
+def with_cnns_from(kept: Bundle, fresh: Bundle) -> Bundle:
+    """`kept`'s CNNs with those of `fresh` in their place, and their training records.
+
+    One normalizer serves both CNNs, but each reads its own part: cnn1d the zero-crossing and
+    energy statistics, cnn2d the mel bands'. The retrained CNNs bring their part."""
+    from ser_worker.bundle import create_bundle
+    from ser_worker.features.study import Normalizer
+
+    retrained = set(fresh.models)
+    source = {
+        CNN1D: fresh if CNN1D in retrained else kept,
+        CNN2D: fresh if CNN2D in retrained else kept,
+    }
+    normalizer = Normalizer(
+        zcr_mean=source[CNN1D].normalizer.zcr_mean,
+        zcr_std=source[CNN1D].normalizer.zcr_std,
+        energy_mean=source[CNN1D].normalizer.energy_mean,
+        energy_std=source[CNN1D].normalizer.energy_std,
+        mel_mean=source[CNN2D].normalizer.mel_mean,
+        mel_std=source[CNN2D].normalizer.mel_std,
+    )
+    if fresh.feature_settings != kept.feature_settings:
+        raise SystemExit("the retrained CNNs use other feature settings than the kept ones")
+    manifest = kept.manifest
+    return create_bundle(
+        {name: source[name].models[name] for name in kept.models},
+        feature_settings=kept.feature_settings,
+        normalizer=normalizer,
+        split=fresh.manifest.split,
+        history=manifest.history | fresh.manifest.history,
+        training_data=manifest.training_data
+        | {f"{name}_retrained": fresh.manifest.training_data for name in retrained},
+        licences=list(manifest.licences),
+        ensemble_weights=None,
+    )
 
 
 if __name__ == "__main__":

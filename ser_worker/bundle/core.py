@@ -72,6 +72,14 @@ class Bundle:
         """Each model's share of the ensemble, summing to 1; equal unless the manifest says."""
         return normalised_weights(self.manifest.ensemble_weights or None, self.members)
 
+    @property
+    def adapted_ensemble_weights(self) -> dict[str, float]:
+        """The ensemble's weights under per-submission adaptation (the manifest's, else the
+        adapted encoder alone)."""
+        recorded = self.manifest.adapted_ensemble_weights
+        alone = {name: float(name == ENCODER) for name in self.members}
+        return normalised_weights(recorded or alone, self.members)
+
     @cached_property
     def feature_settings(self) -> FeatureSettings:
         from ser_worker.features.study import FeatureSettings
@@ -202,9 +210,11 @@ def predict_features(
         bundle, features_list, encoder_vectors=encoder_vectors, batch_size=batch_size, adapt=adapt
     )
     calibration = bundle.manifest.member_calibration
-    probabilities[ENSEMBLE] = temperature_scaled(
-        mix(probabilities, bundle.ensemble_weights), calibration.temperature
-    )
+    if adapt:
+        weights, temperature = bundle.adapted_ensemble_weights, calibration.adapted_temperature
+    else:
+        weights, temperature = bundle.ensemble_weights, calibration.temperature
+    probabilities[ENSEMBLE] = temperature_scaled(mix(probabilities, weights), temperature)
     labels = bundle.labels
     return [
         {

@@ -124,8 +124,10 @@ class Calibration(_Entry):
 
     temperature: float = 1.0
     uncertain_below: float = 0.5
+    # The same under per-submission adaptation, whose ensemble differs (adapted_ensemble_weights).
+    adapted_temperature: float = 1.0
 
-    @field_validator("temperature")
+    @field_validator("temperature", "adapted_temperature")
     @classmethod
     def _positive(cls, value: float) -> float:
         if not value > 0:
@@ -160,6 +162,9 @@ class Manifest(_Entry):
     expected_metrics: dict[str, Any] | None = None
     preprocessing: Preprocessing | None = None
     calibration: Calibration | None = None
+    # The ensemble under per-submission adaptation; None: the adapted encoder alone, because only
+    # the encoder's vectors are standardised per submission and the CNNs fail across corpora.
+    adapted_ensemble_weights: dict[str, int | float] | None = None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Manifest:
@@ -225,11 +230,12 @@ def check_manifest(manifest: Any) -> None:
         if not isinstance(manifest[ENCODER], dict) or "head" not in manifest[ENCODER]:
             raise BundleError("manifest entry for the encoder needs its head file")
         members.add(ENCODER)
-    if manifest.get("ensemble_weights") is not None:
-        check_ensemble_weights(manifest["ensemble_weights"], members)
+    for key in ("ensemble_weights", "adapted_ensemble_weights"):
+        if manifest.get(key) is not None:
+            check_ensemble_weights(manifest[key], members, key)
 
 
-def check_ensemble_weights(weights: Any, members: set[str]) -> None:
+def check_ensemble_weights(weights: Any, members: set[str], key: str = "ensemble_weights") -> None:
     if not (
         isinstance(weights, dict)
         and set(weights) == members
@@ -237,6 +243,5 @@ def check_ensemble_weights(weights: Any, members: set[str]) -> None:
         and sum(weights.values()) > 0
     ):
         raise BundleError(
-            f"ensemble_weights {weights!r} must give every model of the bundle a weight >= 0, "
-            "not all zero"
+            f"{key} {weights!r} must give every model of the bundle a weight >= 0, not all zero"
         )

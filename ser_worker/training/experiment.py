@@ -17,7 +17,7 @@ from ser_worker.bundle.core import (
     predict_features,
     predict_probabilities,
 )
-from ser_worker.bundle.manifest import Calibration
+from ser_worker.bundle.manifest import Calibration, Preprocessing
 from ser_worker.bundle.preprocess import at_loudness
 from ser_worker.datasets import LabelledClip, Split
 from ser_worker.evaluation.calibration import fit_temperature
@@ -26,6 +26,7 @@ from ser_worker.evaluation.metrics import choose_share, evaluate
 from ser_worker.features.channel import channel_copies
 from ser_worker.features.study import ClipFeatures
 from ser_worker.labels import EMOTIONS, ENCODER
+from ser_worker.models.encoder.head import HEAD_STRENGTH, LinearHead
 from ser_worker.training.cache import augmented_copies, extract_all
 from ser_worker.training.config import TrainConfig
 from ser_worker.training.fit import train_on_features
@@ -139,23 +140,16 @@ def add_encoder(
     labels = [clip.emotion for clip in clips]
     if {labels[i] for i in split.train} != set(EMOTIONS):
         return bundle, bundle.manifest.metrics
-    from ser_worker.models.encoder import fit_adapted_head, fit_linear_head
-
     vectors = embed(untrimmed)
     train, val, test = (list(indices) for indices in (split.train, split.val, split.test))
-    preprocessing = bundle.manifest.member_preprocessing
-    copied = channel_copies(
-        [untrimmed[i] for i in train], [clips[i].speaker for i in train], copies, seed
+    head, adapted = fit_heads(
+        vectors[train],
+        [untrimmed[i] for i in train],
+        [clips[i] for i in train],
+        bundle.manifest.member_preprocessing,
+        copies=copies,
+        seed=seed,
     )
-    train_vectors = np.concatenate(
-        [vectors[train]] + [embed([at_loudness(y, preprocessing) for y in copy]) for copy in copied]
-    )
-    train_labels = [labels[i] for i in train] * (1 + copies)
-    head = fit_linear_head(train_vectors, train_labels, EMOTIONS)
-    # Per-submission adaptation reads vectors standardised within one recording setup: the
-    # head for it learns from each corpus, and each channel copy of it, standardised alone.
-    setups = [f"{clips[i].corpus}:{k}" for k in range(1 + copies) for i in train]
-    adapted = fit_adapted_head(train_vectors, train_labels, setups, EMOTIONS)
     cnn_weights = bundle.ensemble_weights
     cnn_val = predict_probabilities(bundle, [features[i] for i in val])
     val_labels, encoder_val = [labels[i] for i in val], head.probabilities(vectors[val])
@@ -183,6 +177,36 @@ def add_encoder(
     )
     with_head.manifest.metrics = metrics
     return with_head, metrics
+
+
+def fit_heads(
+    vectors: np.ndarray,
+    untrimmed: Sequence[np.ndarray],
+    clips: Sequence[LabelledClip],
+    preprocessing: Preprocessing,
+    *,
+    copies: int,
+    seed: int,
+    layers: Sequence[int] | None = None,
+    strength: float = HEAD_STRENGTH,
+) -> tuple[LinearHead, LinearHead]:
+    """The speech encoder's head and its adapted head, fitted on the clips' `vectors` plus those
+    of `copies` channel copies of each clip (features.channel, read at `preprocessing`'s
+    loudness as the bundle reads every clip)."""
+    from ser_worker.models.encoder import fit_adapted_head, fit_linear_head
+
+    copied = channel_copies(untrimmed, [clip.speaker for clip in clips], copies, seed)
+    all_vectors = np.concatenate(
+        [vectors]
+        + [embed([at_loudness(y, preprocessing) for y in copy], layers) for copy in copied]
+    )
+    labels = [clip.emotion for clip in clips] * (1 + copies)
+    head = fit_linear_head(all_vectors, labels, EMOTIONS, strength=strength)
+    # Per-submission adaptation reads vectors standardised within one recording setup: the
+    # head for it learns from each corpus, and each channel copy of it, standardised alone.
+    setups = [f"{clip.corpus}:{k}" for k in range(1 + copies) for clip in clips]
+    adapted = fit_adapted_head(all_vectors, labels, setups, EMOTIONS, strength=strength)
+    return head, adapted
 
 
 def train_and_evaluate_features(

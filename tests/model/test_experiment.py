@@ -135,6 +135,14 @@ def test_per_submission_adaptation_reads_the_set_standardised(corpus, cnn_bundle
     )
     np.testing.assert_allclose(plain["encoder"], shifted["encoder"], atol=1e-4)
     np.testing.assert_allclose(plain["cnn2d"], shifted["cnn2d"])
+    # Adapted, the ensemble is the adapted encoder alone unless the bundle records weights.
+    from ser_worker.bundle.core import predict_features
+
+    answers = predict_features(loaded, many, encoder_vectors=vectors, adapt=True)
+    for i, answer in enumerate(answers):
+        expected = plain["encoder"][i] / plain["encoder"][i].sum()
+        got = np.array([answer["ensemble"].probabilities[k] for k in EMOTIONS])
+        np.testing.assert_allclose(got, expected, atol=1e-6)
     with pytest.raises(ValueError, match=f"at least {MIN_ADAPT_CLIPS} clips"):
         predict_probabilities(loaded, many[:5], encoder_vectors=vectors[:5], adapt=True)
     with pytest.raises(ValueError, match="no adapted head"):
