@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if not __package__:  # run as a file: import research.* as `python -m research.default_model` would
@@ -79,10 +80,15 @@ class DefaultModelRecipe(BaseModel):
     seed: int
     encoder_layers: tuple[int, ...]
     head_strength: float  # C of the encoder's logistic-regression head
-    # Channel copies of every clip the heads also learn from (features.channel), and the
-    # ensemble's temperature: both from the robustness runs (research.robustness).
+    # Channel copies of every clip the heads also learn from (features.channel); the encoder
+    # runs are then research.robustness's rows of that recipe.
     channel_copies: int = 0
+    # The ensemble's temperature, fitted on the validation actors of every run together with
+    # the bundle's weights; the same for the adapted encoder (per-submission adaptation), from
+    # the robustness rows of the adapted recipe.
     temperature: float = 1.0
+    adapted_runs: RunFile | None = None
+    adapted_temperature: float = 1.0
     # What the runs give, recorded so a change to them shows in review.
     cnn_runs: tuple[RunFile, ...]
     encoder_runs: RunFile  # research/encoder_report.py's rows; those of `protocol` are used
@@ -111,7 +117,9 @@ class DefaultModelRecipe(BaseModel):
                 raise RecipeError(f"{path.path} is not a run of the record's folds and seeds")
         rows = self.encoder_runs.read(repo)
         return FoldRuns(
-            cnn, {run_key(row): row for row in rows if row["protocol"] == self.protocol}
+            cnn,
+            {run_key(row): row for row in rows if row["protocol"] == self.protocol},
+            self.protocol,
         )
 
     def verified(self, repo: Path = REPO) -> FoldRuns:
@@ -128,18 +136,36 @@ class DefaultModelRecipe(BaseModel):
         recorded = (self.cnn_weights, self.encoder_share, self.ensemble_weights)
         if derived != recorded:
             raise RecipeError(f"the record's runs give weights {derived}, it says {recorded}")
+        temperatures = derived_temperatures(runs, self.ensemble_weights, self.adapted_rows(repo))
+        if temperatures != (self.temperature, self.adapted_temperature):
+            raise RecipeError(
+                f"the record's runs give temperatures {temperatures}, it says "
+                f"{(self.temperature, self.adapted_temperature)}"
+            )
         return runs
+
+    def adapted_rows(self, repo: Path = REPO) -> list[dict]:
+        return self.adapted_runs.read(repo) if self.adapted_runs is not None else []
 
     def expected_metrics(self, repo: Path = REPO) -> dict:
         """The figures the bundle records as `expected_metrics`."""
         runs = self.verified(repo)
-        return expected_metrics(runs.cnn, self.ensemble_weights, runs.encoder)
+        estimate = expected_metrics(runs.cnn, self.ensemble_weights, runs.encoder)
+        if self.adapted_runs is None:
+            return estimate
+        from research.robustness_figures import robustness_figures
+
+        all_rows = self.encoder_runs.read(repo)
+        return estimate | robustness_figures(
+            all_rows, self.adapted_rows(repo), self.ensemble_weights, self.temperature
+        )
 
 
 @dataclass(frozen=True)
 class FoldRuns:
     cnn: list[dict]  # research/report.py's runs, in the record's order
     encoder: dict[str, dict]  # encoder rows of the same protocol, keyed by run_key
+    protocol: str = ""
 
 
 def record(
@@ -152,14 +178,29 @@ def record(
         for fold in base.folds
         for seed in base.seeds
     ]
+    encoder_runs = repo / base.encoder_runs.path
     fields = base.model_dump() | {
         "cnn_runs": [RunFile.of(path, repo) for path in paths if path.exists()],
-        "encoder_runs": RunFile.of(results / "encoder" / "runs.json", repo),
+        # The files the record names, remade: their hashes follow the runs.
+        "encoder_runs": RunFile.of(encoder_runs, repo),
+        "adapted_runs": (
+            RunFile.of(repo / base.adapted_runs.path, repo) if base.adapted_runs else None
+        ),
     }
     unweighted = DefaultModelRecipe.model_validate(fields)
     cnn_weights, share, weights = derived_weights(unweighted.runs(repo))
+    temperature, adapted_temperature = derived_temperatures(
+        unweighted.runs(repo), weights, unweighted.adapted_rows(repo)
+    )
     return DefaultModelRecipe.model_validate(
-        fields | {"cnn_weights": cnn_weights, "encoder_share": share, "ensemble_weights": weights}
+        fields
+        | {
+            "cnn_weights": cnn_weights,
+            "encoder_share": share,
+            "ensemble_weights": weights,
+            "temperature": temperature,
+            "adapted_temperature": adapted_temperature,
+        }
     )
 
 
@@ -204,6 +245,34 @@ def with_encoder_share(
     return {ENCODER: share} | {
         model: round((1 - share) * weight, 2) for model, weight in cnn_weights.items()
     }
+
+
+def derived_temperatures(
+    runs: FoldRuns, weights: dict[str, float], adapted_rows: list[dict]
+) -> tuple[float, float]:
+    """(the ensemble's, the adapted encoder's) temperatures, each fitted on the validation
+    actors of every run of the record's protocol together, with the bundle's weights."""
+    from ser_worker.evaluation.calibration import fit_temperature
+    from ser_worker.evaluation.ensemble import mix
+
+    labels, mixed = [], []
+    for run in runs.cnn:
+        paired = runs.encoder.get(run_key(run))
+        val = dict(run["probabilities"]["val"])
+        if paired is None or paired["probabilities"]["val"]["labels"] != val["labels"]:
+            continue
+        val[ENCODER] = paired["probabilities"]["val"][ENCODER]
+        labels += val["labels"]
+        mixed.append(mix({k: np.asarray(v) for k, v in val.items() if k != "labels"}, weights))
+    adapted_labels, adapted = [], []
+    for row in adapted_rows:
+        if row["protocol"] == runs.protocol:
+            adapted_labels += row["probabilities"]["val"]["labels"]
+            adapted.append(np.asarray(row["probabilities"]["val"][ENCODER]))
+    return (
+        round(fit_temperature(labels, np.concatenate(mixed)), 2) if mixed else 1.0,
+        round(fit_temperature(adapted_labels, np.concatenate(adapted)), 2) if adapted else 1.0,
+    )
 
 
 def weighted_macro_f1(side_outputs: dict, weights: dict[str, float]) -> float:

@@ -62,6 +62,12 @@ ENSEMBLE_CNN2D = "encoder+cnn2d"
 GAIN_CONDITIONS = ("clean", "gain-20dB", "gain+10dB-guarded", "peak-normalised")
 
 
+def recipe_file(recipe_name: str) -> str:
+    """research/results/robustness/<slug>.json of one recipe's rows."""
+    slug = "-".join("".join(c if c.isalnum() else " " for c in recipe_name).split())
+    return f"runs--{slug}.json"
+
+
 class Bank:
     def __init__(self, root: Path, paths: list[str]) -> None:
         self.root, self.paths = root, paths
@@ -239,10 +245,14 @@ def run(data: Path, bank_root: Path, write: bool = True) -> list[dict]:
                     )
     invariance = cnn2d_level_invariance(bank)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "runs.json").write_text(
-        json.dumps({"cnn2d_level_invariance": invariance, "rows": rows}, separators=(",", ":"))
-        + "\n"
-    )
+    for recipe_name in RECIPES:
+        # One file per recipe, rows shaped like research/encoder_report's: the default model's
+        # record can take a recipe's runs as its encoder runs (research.default_model).
+        chosen = [row for row in rows if row["name"] == recipe_name]
+        (OUT / recipe_file(recipe_name)).write_text(
+            json.dumps(chosen, separators=(",", ":")) + "\n"
+        )
+    (OUT / "cnn2d_level_invariance.json").write_text(json.dumps(invariance) + "\n")
     table = report(rows, invariance, bank)
     print(table)
     if write:
