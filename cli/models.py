@@ -64,7 +64,23 @@ def _trained_on(split: dict[str, Any]) -> str:
     return f"trained on {train} clips" + (f" from {speakers} speakers" if speakers else "")
 
 
+def _directions(scores: dict[str, float]) -> str:
+    return ", ".join(
+        f"{name.replace('_to_', '→').replace('ravdess', 'RAVDESS').replace('tess', 'TESS')} "
+        f"{value:.3f}"
+        for name, value in sorted(scores.items())
+    )
+
+
 def describe(figure: dict[str, Any]) -> str:
+    if figure["kind"] == "cross-corpus":
+        adapted = figure.get("adapted_by_direction") or {}
+        return (
+            f"ensemble macro-F1 {_directions(figure['macro_f1_by_direction'])} on a corpus it "
+            "was not trained on (protocol "
+            f"{shown(figure['protocol'])})"
+            + (f"; with `submit --adapt`: {_directions(adapted)}" if adapted else "")
+        )
     score = f"ensemble macro-F1 {figure['macro_f1']:.3f}"
     if figure["kind"] == "cross-validated":
         spread = f" ± {figure['macro_f1_std']:.3f}" if figure.get("macro_f1_std") else ""

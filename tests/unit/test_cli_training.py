@@ -202,11 +202,21 @@ def test_models_shows_protocol_test_size_and_speakers_of_every_figure(data_dir):
         "expected_metrics": {
             "ensemble": {"macro_f1": 0.784, "macro_f1_std": 0.051, "runs": 24},
             "protocol": "speaker-independent RAVDESS, folds of 4 unseen actors",
+            "cross_corpus": {
+                "protocol": "cross-corpus",
+                "ensemble": {"ravdess_to_tess": 0.12, "tess_to_ravdess": 0.2},
+                "adapted": {"ravdess_to_tess": 0.5, "tess_to_ravdess": 0.45},
+            },
         },
     }
     add_version("v-shipped", active=True, manifest=shipped)
 
     output = text(run_cli("models"))
+    assert (
+        "ensemble macro-F1 RAVDESS→TESS 0.120, TESS→RAVDESS 0.200 on a corpus it was not "
+        "trained on" in output
+    )
+    assert "with `submit --adapt`: RAVDESS→TESS 0.500, TESS→RAVDESS 0.450" in output
 
     assert "random clip-level split: 12 test clips, from the training speakers" in output
     assert "12 test clips from 1 unseen speaker(s) (ravdess:03)" in output

@@ -192,4 +192,15 @@ def figures(manifest: dict[str, Any]) -> list[dict[str, Any]]:
                 "n": scores.get("n"),
             }
         )
+    cross = expected.get("cross_corpus") or {}
+    if cross.get(ENSEMBLE):
+        found.append(
+            {
+                "kind": "cross-corpus",
+                "protocol": cross.get("protocol", "cross-corpus"),
+                # One score per direction: trained on one corpus, tested on the other.
+                "macro_f1_by_direction": cross[ENSEMBLE],
+                "adapted_by_direction": cross.get("adapted") or {},
+            }
+        )
     return found
