@@ -21,6 +21,7 @@ def echo_json(value: Any, *, indent: int | None = None) -> None:
 def print_summary(summary: dict[str, Any]) -> None:
     status = ", ".join(f"{count} {name}" for name, count in sorted(summary["status"].items()))
     console.print(f"submission {summary['submission']}: {status}")
+    adapted_note(summary.get("adapted", False))
     if summary["emotions"]:
         console.print(
             "predicted (ensemble): "
@@ -37,10 +38,22 @@ def print_summary(summary: dict[str, Any]) -> None:
     seen_warning(summary.get("seen_in_training", 0), summary.get("clips", 0))
 
 
-def print_status(submission_id: str, state: str, counts: dict[str, int]) -> None:
+def print_status(
+    submission_id: str, state: str, counts: dict[str, int], *, adapted: bool = False
+) -> None:
     click.echo(
-        f"{submission_id} {state}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        f"{submission_id} {state}: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + ("; adapted to its own clips (--adapt)" if adapted else "")
     )
+
+
+def adapted_note(adapted: bool) -> None:
+    """Said with the predictions of an adapt submission: they are not the clips' alone."""
+    if adapted:
+        console.print(
+            "adapted (--adapt): each prediction depends on the other clips of its submission"
+        )
 
 
 def print_uncertain(counts: dict[str, Any]) -> None:

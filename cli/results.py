@@ -146,6 +146,7 @@ def results(
     if not rows:
         console.print("no rows match")
     render.uncertain_note(rows, below, marked=fmt == "table" and output is None)
+    render.adapted_note(any(row["adapted"] for row in rows))
     clips = {(row["clip"], row["sha256"]): row["seen_in_training"] for row in rows}
     render.seen_warning(sum(clips.values()), len(clips))
 
@@ -185,7 +186,8 @@ def submissions(
     limit: int,
     as_json: bool,
 ) -> None:
-    """Past submissions, newest first: id, created, kind, clips per status, model version.
+    """Past submissions, newest first: id, created, kind, whether adapted (--adapt), clips per
+    status, model version.
 
     Any unique prefix of an id works wherever a command takes one.
 

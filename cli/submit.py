@@ -7,6 +7,7 @@ import click
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
+from cli import adapt as adaptation
 from cli import render, safe
 from cli.collect import Collected, NothingToSubmit, collect, store_clips
 from cli.render import console
@@ -60,18 +61,25 @@ def submit_clips(
     scheme: str,
     version_name: str | None = None,
     force: bool = False,
+    adapt: bool = False,
 ) -> tuple[str, Collected]:
     """Store the clips under the chosen version and enqueue them: (submission id, what was read).
 
     Walk, check the services, stream the audio in, then one transaction makes the submission:
     readers see all of it or none, and a stop before it leaves only unreferenced audio.
+    `adapt`: per-submission adaptation, refused before anything is stored when it cannot work.
     """
     collected = collect_or_fail(list(paths), scheme, settings)
+    if adapt:
+        adaptation.check_enough_to_adapt(len(collected.clips))
     check_services(settings)
     # Two first submits on a fresh embedded store take turns to activate the shipped model
     # (SQLite has no row locks to make the loser wait); a no-op on PostgreSQL.
     with embedded_store_lock(settings.database), session_scope() as session:
-        version_id = _version(session, version_name).id
+        version = _version(session, version_name)
+        version_id = version.id
+        if adapt:
+            adaptation.check_version_adapts(version.version, store.can_adapt(version.manifest))
     report_skipped(collected)
     requeue_stranded(settings)
     try:
@@ -89,6 +97,7 @@ def submit_clips(
             label_scheme=scheme,
             model_version_id=version_id,
             force=force,
+            adapt=adapt,
         )
         batches = store.pending_item_batches(session, submission.id, settings.batch_size)
     # On stderr before any waiting, so that an interrupted command still says what to follow.
@@ -224,6 +233,7 @@ def wait_and_report(settings: Settings, submission_id: str, as_json: bool, **ext
     help="Each file is a recording: cut into speech segments, each one predicted "
     "(see `ser-cli timeline`).",
 )
+@adaptation.adapt_option
 @json_option
 @click.pass_obj
 def submit(
@@ -233,20 +243,28 @@ def submit(
     labels: str,
     force: bool,
     timeline: bool,
+    adapt: bool,
     as_json: bool,
 ) -> None:
     """Submit audio files or folders (searched recursively) for emotion recognition.
 
     Prints the submission id. Each clip is predicted by every model of the version (the CNNs,
     the speech encoder's head) and their ensemble; a clip already predicted by the active model
-    version is not recomputed unless --force.
+    version is not recomputed unless --force (an --adapt submission's clips are always
+    predicted together, for it alone).
 
     Example: ser-cli submit ./clips --wait
     """
+    adaptation.check_adapt_options(adapt, timeline)
     if timeline:  # recordings: bounded by SER_MAX_RECORDING_S/_BYTES, not a clip's limits
         settings = settings.model_copy(update={"max_file_bytes": settings.max_recording_bytes})
     submission_id, collected = submit_clips(
-        settings, paths, kind="timeline" if timeline else "predict", scheme=labels, force=force
+        settings,
+        paths,
+        kind="timeline" if timeline else "predict",
+        scheme=labels,
+        force=force,
+        adapt=adapt,
     )
     if wait:
         wait_and_report(settings, submission_id, as_json, unsupported=collected.unsupported)
@@ -294,8 +312,8 @@ def resume(settings: Settings, submission: str | None, wait: bool, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def status(settings: Settings, submission: str | None, as_json: bool) -> None:
-    """State and counts of a submission (default: the latest), and how many of the ensemble's
-    predictions are uncertain.
+    """State and counts of a submission (default: the latest), whether it was adapted
+    (--adapt), and how many of the ensemble's predictions are uncertain.
 
     Example: ser-cli status 3f2c...
     """
@@ -310,11 +328,18 @@ def status(settings: Settings, submission: str | None, as_json: bool) -> None:
     with session_scope() as session:
         counts = store.status_counts(session, submission_id)
         uncertain = store.uncertain_counts(session, submission_id)
+        adapted = store.submission_adapted(session, submission_id)
     state = "processing" if counts.get("pending") else "finished"
     if as_json:
         render.echo_json(
-            {"submission": submission_id, "state": state, "counts": counts, **uncertain}
+            {
+                "submission": submission_id,
+                "state": state,
+                "adapted": adapted,
+                "counts": counts,
+                **uncertain,
+            }
         )
     else:
-        render.print_status(submission_id, state, counts)
+        render.print_status(submission_id, state, counts, adapted=adapted)
         render.print_uncertain(uncertain)

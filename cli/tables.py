@@ -32,6 +32,7 @@ RESULT_CSV_COLUMNS = (
     "uncertain",
     "true_emotion",
     "seen_in_training",
+    "adapted",
 )
 # Formats `ser-cli results --output FILE` reads from the file name.
 RESULT_FILE_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet"}
@@ -235,11 +236,14 @@ def print_submissions(listing: list[dict[str, Any]]) -> None:
     if not listing:
         console.print("no submissions yet; `ser-cli submit PATH` makes one")
         return
+    # The adapted column (--adapt) only when some submission was.
+    adapted = any(entry.get("adapted") for entry in listing)
     table_rows = [
         [
             entry["submission"][:SHORT_ID],
             entry["created_at"][:16].replace("T", " "),
             entry["kind"],
+            *(["yes" if entry.get("adapted") else ""] if adapted else []),
             str(entry["clips"]),
             ", ".join(f"{n} {status}" for status, n in sorted(entry["counts"].items())),
             entry["model_version"] or "",
@@ -247,7 +251,15 @@ def print_submissions(listing: list[dict[str, Any]]) -> None:
         for entry in listing
     ]
     out = Console()
-    headers = ("id", "created (UTC)", "kind", "clips", "status", "model version")
+    headers = (
+        "id",
+        "created (UTC)",
+        "kind",
+        *(["adapted"] if adapted else []),
+        "clips",
+        "status",
+        "model version",
+    )
     table = Table(*headers) if out.is_terminal else Table(*headers, box=None, pad_edge=False)
     if not out.is_terminal:
         out = Console(width=10_000, no_color=True)

@@ -87,15 +87,35 @@ class Recognizer:
         return self.predict_files([path])[0]
 
     def predict_files(
-        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 64
+        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 64, adapt: bool = False
     ) -> list[Prediction]:
-        """One Prediction per path, in order; an unusable file gives its error, not an exception."""
+        """One Prediction per path, in order; an unusable file gives its error, not an exception.
+
+        `adapt`: per-submission adaptation. The files are one set from one recording setup, and
+        every usable one is predicted in one call with the speech encoder's vectors standardised
+        by the set's own statistics, so each answer depends on the others. ValueError when the
+        bundle cannot adapt (``bundle.can_adapt``) or fewer than MIN_ADAPT_CLIPS files are usable.
+        """
         paths = [os.fspath(p) for p in paths]
+        if adapt:
+            return self._predict_adapted(paths, batch_size)
         results: list[Prediction] = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             results.extend(self._predict(chunk, [self._decode(p) for p in chunk], batch_size))
         return results
+
+    def _predict_adapted(self, paths: list[str], batch_size: int) -> list[Prediction]:
+        from ser_worker.bundle.core import check_adaptable
+
+        check_adaptable(self.bundle, len(paths))  # cannot adapt, or too few files at all
+        decoded = [self._decode(p) for p in paths]
+        usable = sum(isinstance(clip, PreparedClip) for clip in decoded)
+        try:
+            check_adaptable(self.bundle, usable)
+        except ValueError as error:
+            raise ValueError(f"{error}: {usable} of {len(paths)} files are usable") from None
+        return self._predict(paths, decoded, batch_size, adapt=True)
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """A signal (float, full scale 1.0; mono, or frames x channels) at any rate, checked and
@@ -133,9 +153,11 @@ class Recognizer:
         paths: Sequence[str | None],
         decoded: Sequence[PreparedClip | tuple[str, str]],
         batch_size: int,
+        *,
+        adapt: bool = False,
     ) -> list[Prediction]:
         good = [clip for clip in decoded if isinstance(clip, PreparedClip)]
-        answers = iter(self.bundle.predict_prepared(good, batch_size=batch_size))
+        answers = iter(self.bundle.predict_prepared(good, batch_size=batch_size, adapt=adapt))
         results = []
         for path, clip in zip(paths, decoded, strict=True):
             if isinstance(clip, PreparedClip):

@@ -87,6 +87,9 @@ class Submission(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set once every clip was handed to the queue; NULL = the CLI stopped before (recoverable).
     enqueued_at: Mapped[datetime | None]
+    # Per-submission adaptation (`submit --adapt`): the clips are predicted together, in one
+    # task, and their predictions are in `adapted_predictions`, never in `predictions`.
+    adapt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     items: Mapped[list["SubmissionItem"]] = relationship(back_populates="submission")
     model_version: Mapped[ModelVersion | None] = relationship()
@@ -124,6 +127,26 @@ class Prediction(Base):
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
     # The best class held less than the bundle's calibration.uncertain_below.
+    uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdaptedPrediction(Base):
+    """A prediction of an adapt submission: the speech encoder read the clip standardised by the
+    statistics of every clip of its submission, so the answer belongs to the submission and is
+    never reused by another (unlike `Prediction`). Same columns, plus the submission."""
+
+    __tablename__ = "adapted_predictions"
+    __table_args__ = (UniqueConstraint("submission_id", "sha256", "model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"))
+    sha256: Mapped[str] = mapped_column(ForeignKey("audio_blobs.sha256"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    model: Mapped[str] = mapped_column(String(16))
+    emotion: Mapped[str] = mapped_column(String(3))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any]]
     uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

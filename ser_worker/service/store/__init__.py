@@ -4,6 +4,13 @@ SQLAlchemy. Nothing here imports TensorFlow or librosa: the CLI uses the store d
 ``from ser_worker.service import store; store.create_submission(...)`` is how callers reach it.
 """
 
+from ser_worker.service.store.adapted import (
+    adapted_predictions,
+    can_adapt,
+    lock_pending_items,
+    save_adapted_predictions,
+    submission_adapted,
+)
 from ser_worker.service.store.audio import audio_data, sha256_hex, store_audio
 from ser_worker.service.store.evaluations import (
     evaluation_report,
@@ -81,8 +88,10 @@ __all__ = [
     "TrainingClips",
     "activate_version",
     "active_version",
+    "adapted_predictions",
     "audio_data",
     "audio_lock_key",
+    "can_adapt",
     "claim_run",
     "create_submission",
     "create_training_run",
@@ -100,6 +109,7 @@ __all__ = [
     "latest_submission_id",
     "locked_run",
     "lock_audio",
+    "lock_pending_items",
     "mark_enqueued",
     "lock_for_enqueue",
     "never_enqueued",
@@ -115,6 +125,7 @@ __all__ = [
     "run_outcome",
     "run_report",
     "runs_listing",
+    "save_adapted_predictions",
     "save_evaluation",
     "save_predictions",
     "schedule_run",
@@ -122,6 +133,7 @@ __all__ = [
     "shipped_version_name",
     "status_counts",
     "store_audio",
+    "submission_adapted",
     "submission_kind",
     "submission_models",
     "submission_summary",

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from ser_worker.evaluation.metrics import evaluate
 from ser_worker.labels import ENSEMBLE
 from ser_worker.service.db.models import Evaluation, ModelVersion, Submission, utcnow
+from ser_worker.service.store.adapted import submission_adapted
 from ser_worker.service.store.predictions import result_rows, uncertain_counts
 from ser_worker.service.store.sql import insert
 from ser_worker.service.store.submissions import status_counts
@@ -104,6 +105,8 @@ def submission_summary(session: Session, submission_id: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "submission": submission_id,
         "status": dict(status_counts(session, submission_id)),
+        # Predicted together (--adapt): every answer depends on the submission's other clips.
+        "adapted": submission_adapted(session, submission_id),
         "emotions": dict(Counter(row["emotion"] for row in ensemble if row["emotion"])),
         "failed": [
             {"clip": row["clip"], "error_code": row["error_code"], "error": row["error"]}

@@ -1,5 +1,6 @@
 """Predictions, keyed by (audio, model version, model): each clip is computed once per version,
-and a replayed task finds its rows already there."""
+and a replayed task finds its rows already there. An adapt submission's are its own
+(store.adapted); the reads here take them from there for such a submission."""
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -9,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from ser_worker.bundle.manifest import Calibration
 from ser_worker.labels import ENCODER, ENSEMBLE, MODEL_NAMES, RESULT_MODELS
-from ser_worker.service.db.models import Prediction, Submission, SubmissionItem
+from ser_worker.service.db.models import AdaptedPrediction, Prediction, Submission, SubmissionItem
+from ser_worker.service.store.adapted import adapted_predictions
 from ser_worker.service.store.sql import insert, is_postgresql
 from ser_worker.service.store.training_data import TrainingClips
 
@@ -96,14 +98,16 @@ def uncertain_counts(session: Session, submission_id: str) -> dict[str, Any]:
     if submission is None:
         raise KeyError(submission_id)
     version = submission.model_version
+    if submission.adapt:
+        table, own = AdaptedPrediction, AdaptedPrediction.submission_id == submission_id
+    else:
+        table, own = Prediction, Prediction.model_version_id == submission.model_version_id
     predicted, uncertain = session.execute(
-        select(func.count(), func.sum(case((Prediction.uncertain, 1), else_=0)))
+        select(func.count(), func.sum(case((table.uncertain, 1), else_=0)))
         .select_from(SubmissionItem)
         .join(
-            Prediction,
-            (Prediction.sha256 == SubmissionItem.sha256)
-            & (Prediction.model_version_id == submission.model_version_id)
-            & (Prediction.model == ENSEMBLE),
+            table,
+            (table.sha256 == SubmissionItem.sha256) & own & (table.model == ENSEMBLE),
         )
         .where(SubmissionItem.submission_id == submission_id, SubmissionItem.status == "done")
     ).one()
@@ -141,7 +145,8 @@ def result_rows(
     A pending or failed clip has a row per model too, without a prediction; the emotion,
     confidence and `uncertain` filters (True: only uncertain predictions; False: only the
     others) keep only rows that have one. Sorting by confidence puts the most
-    confident first; by emotion, the most confident of each emotion first.
+    confident first; by emotion, the most confident of each emotion first. An adapt
+    submission's rows come from its own adapted predictions (`adapted` true), in the same shape.
     """
     submission = session.get(Submission, submission_id)
     if submission is None:
@@ -152,8 +157,14 @@ def result_rows(
         .where(SubmissionItem.submission_id == submission_id)
         .order_by(SubmissionItem.id)
     ).all()
-    predictions = existing_predictions(
-        session, [item.sha256 for item in items if item.sha256], submission.model_version_id or -1
+    predictions = (
+        adapted_predictions(session, submission_id)
+        if submission.adapt
+        else existing_predictions(
+            session,
+            [item.sha256 for item in items if item.sha256],
+            submission.model_version_id or -1,
+        )
     )
     if version is not None:
         available = version_models(version.manifest)
@@ -166,7 +177,7 @@ def result_rows(
             prediction = predictions.get(item.sha256 or "", {}).get(model)
             if item.status == "done" and prediction is None:
                 continue
-            row = _result_row(submission_id, item, model, version, prediction, in_training)
+            row = _result_row(submission, item, model, version, prediction, in_training)
             if _wanted(row, emotions, min_confidence, uncertain):
                 rows.append(row)
     if sort is not None:
@@ -203,10 +214,10 @@ _SORTS = {
 SORT_KEYS: tuple[str, ...] = tuple(_SORTS)
 
 
-def _result_row(submission_id, item, model, version, prediction, in_training) -> dict[str, Any]:
+def _result_row(submission, item, model, version, prediction, in_training) -> dict[str, Any]:
     done = prediction is not None and item.status == "done"
     return {
-        "submission": submission_id,
+        "submission": submission.id,
         "clip": item.filename,
         "sha256": item.sha256,
         "status": item.status,
@@ -220,4 +231,6 @@ def _result_row(submission_id, item, model, version, prediction, in_training) ->
         "uncertain": prediction.uncertain if done else None,
         "true_emotion": item.true_emotion,
         "seen_in_training": in_training,
+        # Predicted with the submission's other clips (--adapt): the answer depends on them.
+        "adapted": submission.adapt,
     }

@@ -23,4 +23,4 @@ def ping(session: Session) -> None:
     from ser_worker.service.db.models import ModelVersion, Submission
 
     session.scalar(select(ModelVersion.id).limit(1))
-    session.scalar(select(Submission.enqueued_at).limit(1))  # the newest migration's column
+    session.scalar(select(Submission.adapt).limit(1))  # the newest migration's column

@@ -35,6 +35,7 @@ def create_submission(
     label_scheme: str,
     model_version_id: int | None,
     force: bool = False,
+    adapt: bool = False,
 ) -> Submission:
     submission = Submission(
         id=uuid.uuid4().hex,
@@ -42,6 +43,7 @@ def create_submission(
         label_scheme=label_scheme,
         model_version_id=model_version_id,
         force=force,
+        adapt=adapt,
     )
     session.add(submission)
     digests = iter(store_audio(session, [u.data for u in uploads if u.data is not None]))
@@ -72,11 +74,15 @@ def _item(upload: ClipUpload, digests) -> SubmissionItem:
 
 
 def pending_item_batches(session: Session, submission_id: str, batch_size: int) -> list[list[int]]:
+    """The pending items' ids in batches of `batch_size`, one task each; an adapt submission's
+    in one batch whatever its size: its clips are standardised together, by one worker."""
     ids = session.scalars(
         select(SubmissionItem.id)
         .where(SubmissionItem.submission_id == submission_id, SubmissionItem.status == "pending")
         .order_by(SubmissionItem.id)
     ).all()
+    if ids and session.scalar(select(Submission.adapt).where(Submission.id == submission_id)):
+        return [list(ids)]
     return [list(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
 
 
@@ -188,7 +194,8 @@ def submissions_listing(
     kinds: Sequence[str] = (),
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Past submissions, newest first: id, when, kind, model version and clips per status."""
+    """Past submissions, newest first: id, when, kind, whether adapted (--adapt), model version
+    and clips per status."""
     query = select(Submission).order_by(Submission.created_at.desc(), Submission.id)
     if ids:
         query = query.where(Submission.id.in_(ids))
@@ -207,6 +214,7 @@ def submissions_listing(
             "submission": submission.id,
             "created_at": submission.created_at.isoformat(),
             "kind": submission.kind,
+            "adapted": submission.adapt,
             "model_version": submission.model_version.version if submission.model_version else None,
             "counts": counts[submission.id],
             "clips": sum(counts[submission.id].values()),
