@@ -38,6 +38,9 @@ def main() -> None:
     run_parser.add_argument("--bank", type=Path, required=True)
     run_parser.add_argument("--data", type=Path, default=DATA)
     run_parser.add_argument("--no-report", action="store_true", help="print, do not write")
+    run_parser.add_argument(
+        "--clean-only", action="store_true", help="the clean condition alone (a quick look)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if hasattr(args, "copies"):
@@ -47,7 +50,7 @@ def main() -> None:
     else:
         from research.robustness_run import run
 
-        run(args.data, args.bank, write=not args.no_report)
+        run(args.data, args.bank, write=not args.no_report, clean_only=args.clean_only)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ with the CNN fold runs where their outputs are valid (see `ensemble_conditions`)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -25,7 +26,7 @@ from ser_worker.evaluation.calibration import (
 from ser_worker.evaluation.ensemble import mix
 from ser_worker.evaluation.metrics import argmax_macro_f1, choose_share
 from ser_worker.labels import CNN2D, EMOTIONS, ENCODER, ENSEMBLE
-from ser_worker.models.encoder.head import HEAD_STRENGTH
+from ser_worker.models.encoder.head import HEAD_STRENGTH, LinearHead
 
 log = logging.getLogger("robustness")
 OUT = RESULTS / "robustness"
@@ -82,6 +83,24 @@ class Bank:
     def vectors(self, preprocessing: str, condition: str) -> np.ndarray:
         return self.load(preprocessing, condition)["vectors"]
 
+    def head(self, recipe: Recipe, experiment: str, seed: int, fit) -> LinearHead:
+        """The head of a recipe's split, fitted once and kept beside the bank (a fit takes
+        seconds to a minute; every condition of a run reads the same head)."""
+        made = [
+            (self.root / f"{bank_name(recipe.preprocessing, c)}.npz").stat().st_mtime_ns
+            for c in ["clean", *(f"copy{k}" for k in range(recipe.copies))]
+        ]  # a bank embedded again makes new heads
+        key = hashlib.sha256(
+            json.dumps([recipe.__dict__, experiment, seed, HEAD_STRENGTH, made]).encode()
+        ).hexdigest()[:16]
+        path = self.root / "heads" / f"{key}.npz"
+        if path.exists():
+            return LinearHead.from_bytes(path.read_bytes())
+        head = fit()
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(head.to_bytes())
+        return head
+
 
 def standardised_by_group(vectors: np.ndarray, groups: list[str]) -> np.ndarray:
     """Each group's rows standardised by that group's own mean and spread."""
@@ -93,7 +112,17 @@ def standardised_by_group(vectors: np.ndarray, groups: list[str]) -> np.ndarray:
     return out
 
 
-def one_run(bank: Bank, recipe: Recipe, protocol: str, name: str, seed: int, clips, split):
+def one_run(
+    bank: Bank,
+    recipe: Recipe,
+    protocol: str,
+    name: str,
+    seed: int,
+    clips,
+    split,
+    *,
+    clean_only: bool = False,
+):
     from ser_worker.evaluation.metrics import evaluate
     from ser_worker.models.encoder import fit_linear_head
 
@@ -111,12 +140,16 @@ def one_run(bank: Bank, recipe: Recipe, protocol: str, name: str, seed: int, cli
             return x
         return standardised_by_group(x, [f"{clips[i].corpus}:{condition_group}" for i in indices])
 
-    if recipe.adapt:
-        # Training vectors standardised per corpus and per copy: the head learns on vectors
-        # read the way a submission's are at test time.
-        groups = [f"{clips[i].corpus}:{k}" for k in range(1 + recipe.copies) for i in train]
-        train_x = standardised_by_group(train_x, groups)
-    head = fit_linear_head(train_x, train_y, EMOTIONS, strength=HEAD_STRENGTH)
+    def fit() -> LinearHead:
+        x = train_x
+        if recipe.adapt:
+            # Training vectors standardised per corpus and per copy: the head learns on
+            # vectors read the way a submission's are at test time.
+            groups = [f"{clips[i].corpus}:{k}" for k in range(1 + recipe.copies) for i in train]
+            x = standardised_by_group(train_x, groups)
+        return fit_linear_head(x, train_y, EMOTIONS, strength=HEAD_STRENGTH)
+
+    head = bank.head(recipe, name, seed, fit)
     truth = {"val": [labels[i] for i in val], "test": [labels[i] for i in test]}
     val_p = head.probabilities(read(clean[val], val, "clean"))
     row = {
@@ -144,7 +177,7 @@ def one_run(bank: Bank, recipe: Recipe, protocol: str, name: str, seed: int, cli
         row["ensemble_cnn2d_temperature"] = mixes["cnn2d"][1]
     clean_labels: dict[str, np.ndarray] = {}
     clean_outputs: dict[str, np.ndarray] = {}
-    for condition in recipe.conditions:
+    for condition in ("clean",) if clean_only else recipe.conditions:
         p = head.probabilities(
             read(bank.vectors(recipe.preprocessing, condition)[test], test, condition)
         )
@@ -222,11 +255,12 @@ def cnn2d_level_invariance(bank: Bank) -> float:
     )
 
 
-def run(data: Path, bank_root: Path, write: bool = True) -> list[dict]:
+def run(data: Path, bank_root: Path, write: bool = True, clean_only: bool = False) -> list[dict]:
     ravdess, tess = corpora(data)
     bank = Bank(bank_root, [str(clip.path) for clip in ravdess + tess])
     rows = []
-    for recipe_name, recipe in RECIPES.items():
+    # The recipes a bundle can ship first: a quick look (--clean-only) sees them soonest.
+    for recipe_name, recipe in sorted(RECIPES.items(), key=lambda kv: -kv[1].copies):
         for protocol, seeds in PROTOCOLS.items():
             for seed in seeds:
                 for name, clips, split in experiments(
@@ -234,7 +268,9 @@ def run(data: Path, bank_root: Path, write: bool = True) -> list[dict]:
                 ):
                     if len(clips) != len(bank.paths):
                         raise SystemExit(f"{name}: expected every clip of both corpora")
-                    row = one_run(bank, recipe, protocol, name, seed, clips, split)
+                    row = one_run(
+                        bank, recipe, protocol, name, seed, clips, split, clean_only=clean_only
+                    )
                     rows.append({"name": recipe_name, **row})
                     log.info(
                         "%s | %s seed %d: clean %.3f",
@@ -243,6 +279,9 @@ def run(data: Path, bank_root: Path, write: bool = True) -> list[dict]:
                         seed,
                         row["conditions"]["clean"][ENCODER]["macro_f1"],
                     )
+    if clean_only:
+        print(report(rows, float("nan"), bank))
+        return rows
     invariance = cnn2d_level_invariance(bank)
     OUT.mkdir(parents=True, exist_ok=True)
     for recipe_name in RECIPES:
