@@ -124,8 +124,10 @@ class Worker:
         queue: str = "inference",
         concurrency: int = 1,
         prefix: Sequence[str] = (),
+        cwd: Path = REPO,
     ) -> None:
-        """`prefix`: a command the worker runs under (benchmarks/hosts.py: `ip netns exec NS`)."""
+        """`prefix`: a command the worker runs under (benchmarks/hosts.py: `ip netns exec NS`);
+        `cwd`: the checkout whose code it runs (Celery imports the app from there first)."""
         self.log = log
         self.concurrency = concurrency
         self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
@@ -152,7 +154,7 @@ class Worker:
                 "--without-mingle",
                 "--without-heartbeat",
             ],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,

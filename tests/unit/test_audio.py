@@ -327,3 +327,21 @@ def test_a_constant_offset_alone_is_no_speech() -> None:
     dc = np.full(2 * SAMPLE_RATE, 0.3, dtype=np.float32)
     with pytest.raises(NoSpeechError, match="constant offset"):
         load_audio(encode(dc, SAMPLE_RATE, subtype="FLOAT"))
+
+
+def test_trimming_is_librosas_trim_bit_for_bit_without_importing_it(real_clips, make_speech):
+    """The worker trims without librosa.effects (it loads scikit-learn); the edges must be the
+    ones librosa.effects.trim finds, on real clips and on the edge cases of its arithmetic."""
+    import librosa
+
+    rng = np.random.default_rng(0)
+    signals = [load_audio(path, trim=False) for path in real_clips] + [
+        make_speech(),
+        np.zeros(SAMPLE_RATE, np.float32),  # no frame loud enough: nothing left
+        np.r_[np.zeros(5000), 0.5 * rng.standard_normal(3000), np.zeros(7001)].astype(np.float32),
+        (1e-3 * rng.standard_normal(700)).astype(np.float32),  # shorter than one frame
+    ]
+    for y in signals:
+        for top_db in (60.0, 20.0):
+            expected, _ = librosa.effects.trim(y, top_db=top_db, frame_length=2048, hop_length=512)
+            np.testing.assert_array_equal(audio._trimmed(y, top_db), expected)

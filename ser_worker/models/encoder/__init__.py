@@ -7,8 +7,9 @@ speaker-independent cues those 22 speakers cannot teach; a linear head on its po
 is cheap to train on CPU and reaches about 0.78 on the same folds (docs/RESULTS.md).
 
 ``frontend``: Whisper's log-mel features and windows; ``weights``: the pinned weight packages,
-their arrays and the cut model files; ``graph``: the encoder as one ONNX graph; ``encoder``:
-SpeechEncoder (ONNX Runtime or CTranslate2) and the pooling; ``head``: LinearHead.
+their arrays and the cut model files; ``graph``: the encoder as one ONNX graph; ``cache``: that
+graph kept under SER_DATA_DIR between processes; ``encoder``: SpeechEncoder (ONNX Runtime or
+CTranslate2) and the pooling; ``head``: LinearHead.
 """
 
 from ser_worker.models.encoder.encoder import (

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from ser_worker.models.encoder.cache import default_cache_dir
 from ser_worker.models.encoder.frontend import encoder_windows
 from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_STRIDE,
     ENCODER_WIDTH,
     EncoderUnavailable,
-    encoder_arrays,
     model_files,
     verified_weight_parts,
 )
@@ -72,10 +73,10 @@ class _OnnxEncoder:
     # Activations are quantised with one scale per tensor (see ``graph``): one window per run.
     batch_windows = 1
 
-    def __init__(self, parts, layers: tuple[int, ...], threads: int) -> None:
+    def __init__(self, layers: tuple[int, ...], threads: int, cache_dir: Path | None) -> None:
         import onnxruntime
 
-        from ser_worker.models.encoder.graph import encoder_graph
+        from ser_worker.models.encoder.cache import encoder_graph_bytes
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -85,7 +86,7 @@ class _OnnxEncoder:
         # spinning pool takes them from the others (docs/RESULTS.md, "Encoder speed").
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(
-            encoder_graph(encoder_arrays(parts), layers),
+            encoder_graph_bytes(layers, cache_dir),
             options,
             providers=["CPUExecutionProvider"],
         )
@@ -127,16 +128,23 @@ class SpeechEncoder:
     `layers` (embedding_size(layers) numbers per clip). `backend` is one of BACKENDS."""
 
     def __init__(
-        self, layers: Sequence[int] = LAYERS, threads: int = 0, backend: str = ONNXRUNTIME
+        self,
+        layers: Sequence[int] = LAYERS,
+        threads: int = 0,
+        backend: str = ONNXRUNTIME,
+        cache_dir: Path | None = None,
     ) -> None:
+        """`cache_dir`: where the ONNX Runtime graph is kept between processes (cache.py);
+        None builds it from the weights every time."""
         if backend not in BACKENDS:
             raise ValueError(f"encoder backend must be one of {BACKENDS}: {backend!r}")
         self.layers = check_layers(layers)
         self.backend = backend
-        runtime = _OnnxEncoder if backend == ONNXRUNTIME else _CTranslate2Encoder
-        parts = verified_weight_parts()
         try:
-            self._run = runtime(parts, self.layers, threads)
+            if backend == ONNXRUNTIME:
+                self._run = _OnnxEncoder(self.layers, threads, cache_dir)
+            else:
+                self._run = _CTranslate2Encoder(verified_weight_parts(), self.layers, threads)
         except ModuleNotFoundError as exc:
             raise EncoderUnavailable(
                 f"the speech encoder's {backend} backend needs {exc.name}; reinstall ser: "
@@ -168,5 +176,5 @@ def load_encoder(
     layers: tuple[int, ...] = LAYERS, threads: int = 0, backend: str = ONNXRUNTIME
 ) -> SpeechEncoder:
     """One encoder per process, set of layers and backend, built on first use (never in a
-    Celery parent: not fork-safe)."""
-    return SpeechEncoder(layers, threads, backend)
+    Celery parent: not fork-safe), its graph cached under SER_DATA_DIR."""
+    return SpeechEncoder(layers, threads, backend, default_cache_dir())
