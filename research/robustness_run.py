@@ -279,10 +279,6 @@ def run(data: Path, bank_root: Path, write: bool = True, clean_only: bool = Fals
                         seed,
                         row["conditions"]["clean"][ENCODER]["macro_f1"],
                     )
-    if clean_only:
-        print(report(rows, float("nan"), bank))
-        return rows
-    invariance = cnn2d_level_invariance(bank)
     OUT.mkdir(parents=True, exist_ok=True)
     for recipe_name in RECIPES:
         # One file per recipe, rows shaped like research/encoder_report's: the default model's
@@ -291,6 +287,10 @@ def run(data: Path, bank_root: Path, write: bool = True, clean_only: bool = Fals
         (OUT / recipe_file(recipe_name)).write_text(
             json.dumps(chosen, separators=(",", ":")) + "\n"
         )
+    if clean_only:
+        print(report(rows, float("nan"), bank))
+        return rows
+    invariance = cnn2d_level_invariance(bank)
     (OUT / "cnn2d_level_invariance.json").write_text(json.dumps(invariance) + "\n")
     table = report(rows, invariance, bank)
     print(table)

@@ -131,6 +131,7 @@ def main() -> None:
         notes = (
             f"CNNs, their training record and feature settings from version {cnns.version} "
             "(--cnn-weights-from); encoder heads fitted on every clip by this script"
+            + (f". That version's notes: {cnns.manifest.notes}" if cnns.manifest.notes else "")
         )
         if args.retrain:
             fresh = train_cnns(
