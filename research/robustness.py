@@ -3,6 +3,7 @@ noise, telephone, codecs and rooms, on the speaker-independent folds and across 
 
     python -m research.robustness embed --out .bank/robust     # every clip, every condition
     python -m research.robustness run --bank .bank/robust      # heads per split; RESULTS.md
+    python -m research.robustness shipped                      # the shipped bundle's stability
 
 `embed` decodes every RAVDESS and TESS clip once, applies each condition of CONDITIONS (seeded
 by the clip), prepares it as a bundle's members read it (research.robustness_bank), and stores
@@ -41,9 +42,19 @@ def main() -> None:
     run_parser.add_argument(
         "--clean-only", action="store_true", help="the clean condition alone (a quick look)"
     )
+    shipped_parser = sub.add_parser(
+        "shipped", help="the shipped bundle's answers under every condition (stability)"
+    )
+    shipped_parser.add_argument("--data", type=Path, default=DATA)
+    shipped_parser.add_argument("--every", type=int, default=8, help="every n-th clip")
+    shipped_parser.add_argument("--bundle", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if hasattr(args, "copies"):
+    if hasattr(args, "every"):
+        from research.robustness_shipped import shipped_stability, stability_table
+
+        print(stability_table(shipped_stability(args.data, args.every, args.bundle)))
+    elif hasattr(args, "copies"):
         from research.robustness_bank import make_bank
 
         make_bank(args.data, args.out, args.copies, args.only.split(",") if args.only else None)

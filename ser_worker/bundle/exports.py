@@ -1,6 +1,6 @@
-"""ONNX exports added to a bundle that was written without them (the shipped one, say), so its
-CNNs run on onnxruntime without TensorFlow; research/add_onnx_exports.py applies it to the
-shipped bundle."""
+"""What can be added to a stored bundle without changing its version: ONNX exports of its CNNs
+(research/add_onnx_exports.py), and the expected figures of its recipe (research.default_model
+attach). Neither is part of the version's hash; every other member is copied byte for byte."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import json
 import zipfile
 
-from ser_worker.bundle.archive import load_bundle
+from ser_worker.bundle.archive import load_bundle, read_manifest
 from ser_worker.bundle.manifest import MANIFEST_NAME, Manifest
 from ser_worker.bundle.onnx import ONNX_SUFFIX, export_cnn
 
@@ -29,6 +29,19 @@ def add_exports(data: bytes) -> bytes:
             entry["onnx"] = f"{name}{ONNX_SUFFIX}"
     if not exports:
         return data
+    return _rewritten(
+        data, manifest, {manifest["models"][n]["onnx"]: e for n, e in exports.items()}
+    )
+
+
+def with_expected_metrics(data: bytes, expected: dict) -> bytes:
+    """The bundle `data` with `expected` as its ``expected_metrics`` (figures of separate runs
+    of its recipe, outside its version's hash); nothing else changes."""
+    manifest = read_manifest(data).to_dict() | {"expected_metrics": expected}
+    return _rewritten(data, manifest, {})
+
+
+def _rewritten(data: bytes, manifest: dict, added: dict[str, bytes]) -> bytes:
     Manifest.model_validate(manifest)
     buffer = io.BytesIO()
     with (
@@ -40,6 +53,6 @@ def add_exports(data: bytes) -> bytes:
                 target.writestr(info, json.dumps(manifest, indent=2, sort_keys=True))
             else:
                 target.writestr(info, source.read(info))
-        for name, export in exports.items():
-            target.writestr(manifest["models"][name]["onnx"], export)
+        for filename, content in added.items():
+            target.writestr(filename, content)
     return buffer.getvalue()

@@ -441,3 +441,18 @@ def test_a_new_bundle_answers_the_same_whatever_the_recording_level(encoder_bund
     # vectors equal up to that rounding, not bit for bit.
     legacy, new = cosine(vectors(as_decoded)), cosine(vectors(calibrated))
     assert new > 0.9999 and legacy < 0.999, (new, legacy)
+
+
+def test_expected_figures_attach_without_changing_the_version(bundle_file):
+    from ser_worker.bundle.exports import with_expected_metrics
+
+    old = bundle_file.read_bytes()
+    new = with_expected_metrics(old, {"ensemble": {"macro_f1": 0.79}})
+    assert read_manifest(new).version == read_manifest(old).version
+    assert read_manifest(new).expected_metrics == {"ensemble": {"macro_f1": 0.79}}
+    with zipfile.ZipFile(bundle_file) as a, zipfile.ZipFile(io.BytesIO(new)) as b:
+        assert a.namelist() == b.namelist()
+        for name in a.namelist():
+            if name != "manifest.json":
+                assert a.read(name) == b.read(name)
+    assert load_bundle(new).version == read_manifest(old).version
