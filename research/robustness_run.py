@@ -455,7 +455,7 @@ def plot(rows: list[dict], path: Path) -> None:
     """Encoder macro-F1 per condition and recipe on the speaker folds, and across corpora."""
     from ser_worker.evaluation.metrics import _new_figure, _save
 
-    fig = _new_figure(figsize=(11, 5.5))
+    fig = _new_figure(figsize=(11, 6.2))
     axes = fig.subplots(1, 2, sharey=True)
     conditions = list(CONDITIONS)
     width = 0.8 / len(RECIPES)
@@ -480,6 +480,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(np.arange(len(conditions)) + 0.4 - width / 2, conditions)
     axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.subplots_adjust(left=0.16, right=0.98, bottom=0.2, top=0.88, wspace=0.08)
     fig.suptitle("How the recording changes the speech encoder's answers (chance 0.17, dotted)")
     _save(fig, path)
