@@ -257,11 +257,11 @@ def derived_temperatures(
 
     labels, mixed = [], []
     for run in runs.cnn:
-        paired = runs.encoder.get(run_key(run))
-        val = dict(run["probabilities"]["val"])
-        if paired is None or paired["probabilities"]["val"]["labels"] != val["labels"]:
+        paired = (runs.encoder.get(run_key(run)) or {}).get("probabilities", {}).get("val")
+        val = dict(run.get("probabilities", {}).get("val") or {})
+        if not paired or not val or paired["labels"] != val["labels"]:
             continue
-        val[ENCODER] = paired["probabilities"]["val"][ENCODER]
+        val[ENCODER] = paired[ENCODER]
         labels += val["labels"]
         mixed.append(mix({k: np.asarray(v) for k, v in val.items() if k != "labels"}, weights))
     adapted_labels, adapted = [], []

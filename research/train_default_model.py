@@ -167,7 +167,9 @@ def main() -> None:
         encoder_layers=recipe.encoder_layers,
         split=split.to_dict(),
         adapted_head=adapted,
-        calibration=Calibration(temperature=recipe.temperature),
+        calibration=Calibration(
+            temperature=recipe.temperature, adapted_temperature=recipe.adapted_temperature
+        ),
         training_data={
             "encoder": (
                 f"{speech_encoder.ENCODER_NAME}, blocks {list(recipe.encoder_layers)} pooled; "

@@ -385,10 +385,12 @@ def test_the_shipped_manifest_round_trips_byte_for_byte():
     manifest = read_manifest(data)
     assert json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode() == stored
     assert manifest.encoder.layers == [3, 6] and manifest.members == ("cnn1d", "cnn2d", "encoder")
-    # Stored before preprocessing was recorded: the defaults are what it was trained with.
-    assert manifest.preprocessing is None
-    assert manifest.member_preprocessing == Preprocessing()
+    # Trained since preprocessing was recorded: every member at one loudness (issue #14).
+    from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
+
+    assert manifest.preprocessing == CURRENT_PREPROCESSING
     assert manifest.member_preprocessing.cnn.trim and not manifest.member_preprocessing.encoder.trim
+    assert manifest.encoder.adapted_head and manifest.calibration.temperature != 1.0
 
 
 def test_unknown_manifest_keys_are_kept(bundle_file):

@@ -110,9 +110,7 @@ def test_channel_copies_teach_the_head_and_validation_calibrates_the_ensemble(
     assert calibration is not None and calibration.temperature > 0
     assert calibration.uncertain_below == 0.5
     predictions = bundle.predict([untrimmed[i] for i in split.test], 16_000)
-    assert all(
-        p["ensemble"].uncertain == (p["ensemble"].confidence < 0.5) for p in predictions
-    )
+    assert all(p["ensemble"].uncertain == (p["ensemble"].confidence < 0.5) for p in predictions)
 
 
 def test_per_submission_adaptation_reads_the_set_standardised(corpus, cnn_bundle):

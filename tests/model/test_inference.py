@@ -184,11 +184,15 @@ def test_encoder_head_reads_the_untrimmed_clips_and_joins_the_ensemble(bundle):
 
 def test_prepare_trims_for_the_cnns_and_not_for_the_encoder(bundle):
     from ser_worker.audio import trim_silence
+    from ser_worker.bundle.preprocess import at_loudness
 
     y = load_audio(sorted(DATA.rglob("*.flac"))[0], trim=False)
     clip = bundle.prepare(y, SAMPLE_RATE)
-    np.testing.assert_array_equal(clip.cnn, trim_silence(y))
-    np.testing.assert_array_equal(clip.encoder, y)
+    # New bundles read every clip at one loudness, before anything is trimmed.
+    level = at_loudness(y, bundle.manifest.member_preprocessing)
+    assert bundle.manifest.member_preprocessing.loudness is not None
+    np.testing.assert_array_equal(clip.cnn, trim_silence(level))
+    np.testing.assert_array_equal(clip.encoder, level)
     assert clip.duration_s == len(clip.cnn) / SAMPLE_RATE < len(y) / SAMPLE_RATE
     # The manifest's threshold is the one applied: a lower one cuts more.
     manifest = bundle.manifest.to_dict()
@@ -213,12 +217,16 @@ def test_prepare_resamples_and_rejects_short_clips(bundle):
 
 
 def test_bundle_predict_is_prepare_then_predict_prepared(bundle):
+    from ser_worker.audio import trim_silence
+    from ser_worker.bundle.preprocess import at_loudness
+
     paths = sorted(DATA.rglob("*.flac"))[:4]
-    untrimmed = [load_audio(p, trim=False) for p in paths]
-    trimmed = [load_audio(p) for p in paths]
-    results = bundle.predict(untrimmed, SAMPLE_RATE)
+    decoded = [load_audio(p, trim=False) for p in paths]
+    untrimmed = [at_loudness(y, bundle.manifest.member_preprocessing) for y in decoded]
+    trimmed = [trim_silence(y) for y in untrimmed]
+    results = bundle.predict(decoded, SAMPLE_RATE)
     assert results == predict(bundle, trimmed, untrimmed=untrimmed)
-    prepared = [bundle.prepare(y, SAMPLE_RATE) for y in untrimmed]
+    prepared = [bundle.prepare(y, SAMPLE_RATE) for y in decoded]
     assert bundle.predict_prepared(prepared, batch_size=3) == predict(
         bundle, trimmed, untrimmed=untrimmed, batch_size=3
     )

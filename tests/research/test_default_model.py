@@ -43,7 +43,12 @@ def shipped() -> dict:
 def test_the_record_reproduces_the_shipped_bundle(shipped):
     recipe = DefaultModelRecipe.load()
     assert recipe.ensemble_weights == shipped["ensemble_weights"]
-    assert recipe.ensemble_weights == {"encoder": 0.6, "cnn1d": 0.16, "cnn2d": 0.24}
+    assert recipe.ensemble_weights == {"encoder": 0.7, "cnn1d": 0.12, "cnn2d": 0.18}
+    calibration = shipped["calibration"]
+    assert (calibration["temperature"], calibration["adapted_temperature"]) == (
+        recipe.temperature,
+        recipe.adapted_temperature,
+    )
     # Recomputed from the run files the record names, checked against their hashes.
     assert recipe.expected_metrics() == shipped["expected_metrics"]
     assert [f"{run.path.rsplit('/', 1)[-1]}" for run in recipe.cnn_runs] == [
@@ -96,7 +101,14 @@ def _fake_repo(tmp_path: Path) -> DefaultModelRecipe:
             }
         )
     (results / "encoder" / "runs.json").write_text(json.dumps(rows))
-    base = DefaultModelRecipe.load().model_copy(update={"folds": (0, 1, 2, 3), "seeds": (0,)})
+    base = DefaultModelRecipe.load().model_copy(
+        update={
+            "folds": (0, 1, 2, 3),
+            "seeds": (0,),
+            "encoder_runs": RunFile(path="research/results/encoder/runs.json", sha256=""),
+            "adapted_runs": None,
+        }
+    )
     return record(base, results, tmp_path)
 
 
