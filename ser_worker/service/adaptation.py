@@ -18,8 +18,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from ser_worker.service import store
-from ser_worker.service.db.models import Submission, SubmissionItem, utcnow
-from ser_worker.service.pipeline import Failure, decode_blobs, prepare_clips, record_outcomes
+from ser_worker.service.db.models import Submission, SubmissionItem
+from ser_worker.service.pipeline import (
+    Failure,
+    decode_blobs,
+    prediction_rows,
+    prepare_clips,
+    record_outcomes,
+)
 
 if TYPE_CHECKING:
     from ser_worker.bundle import Bundle, PreparedClip
@@ -87,22 +93,4 @@ def adapted_rows(
 ) -> list[dict[str, Any]]:
     """One row per clip and model (every member and the ensemble), all the clips predicted in
     one adapted call: the encoder's vectors standardised by the statistics of all of them."""
-    if not prepared:
-        return []
-    now = utcnow()
-    predictions = bundle.predict_prepared(list(prepared.values()), adapt=True)
-    return [
-        {
-            "submission_id": submission_id,
-            "sha256": sha256,
-            "model_version_id": version_id,
-            "model": model,
-            "emotion": prediction.emotion,
-            "confidence": prediction.confidence,
-            "probabilities": prediction.probabilities,
-            "uncertain": prediction.uncertain,
-            "created_at": now,
-        }
-        for sha256, by_model in zip(prepared, predictions, strict=True)
-        for model, prediction in by_model.items()
-    ]
+    return prediction_rows(version_id, prepared, bundle, adapt=True, submission_id=submission_id)

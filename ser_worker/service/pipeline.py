@@ -109,15 +109,22 @@ def predict_items(
 
 
 def prediction_rows(
-    version_id: int, prepared: Mapping[str, PreparedClip], bundle: Bundle
+    version_id: int,
+    prepared: Mapping[str, PreparedClip],
+    bundle: Bundle,
+    *,
+    adapt: bool = False,
+    **extra: Any,
 ) -> list[dict[str, Any]]:
-    """One row per clip and model (every member and the ensemble), in one batched prediction."""
+    """One row per clip and model (every member and the ensemble), in one batched prediction
+    (`adapt`: one adapted call, see Bundle.predict_prepared); `extra` columns go in every row."""
     if not prepared:
         return []
     now = utcnow()
-    predictions = bundle.predict_prepared(list(prepared.values()))
+    predictions = bundle.predict_prepared(list(prepared.values()), adapt=adapt)
     return [
         {
+            **extra,
             "sha256": sha256,
             "model_version_id": version_id,
             "model": model,

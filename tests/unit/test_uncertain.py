@@ -187,7 +187,7 @@ class FakeBundle:
     def prepare(self, y, sampling_rate, limits):
         return types.SimpleNamespace(duration_s=1.0)
 
-    def predict_prepared(self, clips, *, batch_size=64):
+    def predict_prepared(self, clips, *, batch_size=64, adapt=False):
         return [
             {
                 model: MemberPrediction.from_probabilities(

@@ -115,23 +115,28 @@ class SubmissionItem(Base):
     submission: Mapped[Submission] = relationship(back_populates="items")
 
 
-class Prediction(Base):
-    __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("sha256", "model_version_id", "model"),)
+class _Answer:
+    """What a model answered for one clip or segment: the columns every prediction table has."""
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    sha256: Mapped[str] = mapped_column(ForeignKey("audio_blobs.sha256"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     model: Mapped[str] = mapped_column(String(16))  # one of labels.RESULT_MODELS
     emotion: Mapped[str] = mapped_column(String(3))
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
     # The best class held less than the bundle's calibration.uncertain_below.
     uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())
+
+
+class Prediction(_Answer, Base):
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("sha256", "model_version_id", "model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("audio_blobs.sha256"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class AdaptedPrediction(Base):
+class AdaptedPrediction(_Answer, Base):
     """A prediction of an adapt submission: the speech encoder read the clip standardised by the
     statistics of every clip of its submission, so the answer belongs to the submission and is
     never reused by another (unlike `Prediction`). Same columns, plus the submission."""
@@ -143,11 +148,6 @@ class AdaptedPrediction(Base):
     submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"))
     sha256: Mapped[str] = mapped_column(ForeignKey("audio_blobs.sha256"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    model: Mapped[str] = mapped_column(String(16))
-    emotion: Mapped[str] = mapped_column(String(3))
-    confidence: Mapped[float] = mapped_column(Float)
-    probabilities: Mapped[dict[str, Any]]
-    uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -228,15 +228,10 @@ class SpeechSegment(Base):
     processed_at: Mapped[datetime | None]
 
 
-class SegmentPrediction(Base):
+class SegmentPrediction(_Answer, Base):
     __tablename__ = "segment_predictions"
     __table_args__ = (UniqueConstraint("segment_id", "model"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    model: Mapped[str] = mapped_column(String(16))
-    emotion: Mapped[str] = mapped_column(String(3))
-    confidence: Mapped[float] = mapped_column(Float)
-    probabilities: Mapped[dict[str, Any]]
-    uncertain: Mapped[bool] = mapped_column(Boolean, server_default=false())
