@@ -130,7 +130,8 @@ def _renamed(
         text = json.dumps(manifest)
         if infinite_weight:
             weights = manifest["ensemble_weights"]
-            text = text.replace(json.dumps(weights), json.dumps(weights).replace("0.6", "1e400"))
+            first = json.dumps(weights["encoder"])
+            text = text.replace(json.dumps(weights), json.dumps(weights).replace(first, "1e400", 1))
             assert "1e400" in text
         target.writestr("manifest.json", text)
         for info in source.infolist():
