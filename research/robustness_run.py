@@ -26,7 +26,7 @@ from ser_worker.evaluation.calibration import (
 from ser_worker.evaluation.ensemble import mix
 from ser_worker.evaluation.metrics import argmax_macro_f1, choose_share
 from ser_worker.labels import CNN2D, EMOTIONS, ENCODER, ENSEMBLE
-from ser_worker.models.encoder.head import HEAD_STRENGTH, LinearHead
+from ser_worker.models.encoder.head import HEAD_STRENGTH, LinearHead, standardised_by_group
 
 log = logging.getLogger("robustness")
 OUT = RESULTS / "robustness"
@@ -102,16 +102,6 @@ class Bank:
         return head
 
 
-def standardised_by_group(vectors: np.ndarray, groups: list[str]) -> np.ndarray:
-    """Each group's rows standardised by that group's own mean and spread."""
-    out = np.empty_like(vectors)
-    for group in set(groups):
-        rows = np.array([g == group for g in groups])
-        mean, std = vectors[rows].mean(axis=0), vectors[rows].std(axis=0)
-        out[rows] = (vectors[rows] - mean) / np.where(std > 0, std, 1.0)
-    return out
-
-
 def one_run(
     bank: Bank,
     recipe: Recipe,
@@ -124,7 +114,7 @@ def one_run(
     clean_only: bool = False,
 ):
     from ser_worker.evaluation.metrics import evaluate
-    from ser_worker.models.encoder import fit_linear_head
+    from ser_worker.models.encoder import fit_adapted_head, fit_linear_head
 
     labels = [clip.emotion for clip in clips]
     train, val, test = (list(part) for part in (split.train, split.val, split.test))
@@ -141,13 +131,11 @@ def one_run(
         return standardised_by_group(x, [f"{clips[i].corpus}:{condition_group}" for i in indices])
 
     def fit() -> LinearHead:
-        x = train_x
         if recipe.adapt:
-            # Training vectors standardised per corpus and per copy: the head learns on
-            # vectors read the way a submission's are at test time.
+            # As the bundle's adapted head: per corpus and per copy, each standardised alone.
             groups = [f"{clips[i].corpus}:{k}" for k in range(1 + recipe.copies) for i in train]
-            x = standardised_by_group(train_x, groups)
-        return fit_linear_head(x, train_y, EMOTIONS, strength=HEAD_STRENGTH)
+            return fit_adapted_head(train_x, train_y, groups, EMOTIONS, strength=HEAD_STRENGTH)
+        return fit_linear_head(train_x, train_y, EMOTIONS, strength=HEAD_STRENGTH)
 
     head = bank.head(recipe, name, seed, fit)
     truth = {"val": [labels[i] for i in val], "test": [labels[i] for i in test]}

@@ -267,16 +267,33 @@ def predict_probabilities(
     return probabilities
 
 
+# Why a set of clips cannot be adapted to (adaptation_refusal); the service's error codes.
+CANNOT_ADAPT = "cannot_adapt"
+TOO_FEW_TO_ADAPT = "too_few_to_adapt"
+
+
+def adaptation_refusal(bundle: Bundle, n_clips: int) -> str | None:
+    """CANNOT_ADAPT, TOO_FEW_TO_ADAPT, or None when `n_clips` clips can be adapted to."""
+    from ser_worker.models.encoder import MIN_ADAPT_CLIPS
+
+    if not bundle.can_adapt:
+        return CANNOT_ADAPT
+    if n_clips < MIN_ADAPT_CLIPS:
+        return TOO_FEW_TO_ADAPT
+    return None
+
+
 def check_adaptable(bundle: Bundle, n_clips: int) -> None:
     """Raise ValueError unless `n_clips` clips can be adapted to with this bundle."""
     from ser_worker.models.encoder import MIN_ADAPT_CLIPS
 
-    if not bundle.can_adapt:
+    refusal = adaptation_refusal(bundle, n_clips)
+    if refusal == CANNOT_ADAPT:
         raise ValueError(
             f"model version {bundle.version} has no adapted head: per-submission adaptation "
             "needs a bundle trained with one"
         )
-    if n_clips < MIN_ADAPT_CLIPS:
+    if refusal == TOO_FEW_TO_ADAPT:
         raise ValueError(
             f"per-submission adaptation needs at least {MIN_ADAPT_CLIPS} clips, got {n_clips}"
         )

@@ -21,17 +21,14 @@ from ser_worker.service import store
 from ser_worker.service.db.models import Submission, SubmissionItem
 from ser_worker.service.pipeline import (
     Failure,
+    bundle_and_clips,
     decode_blobs,
     prediction_rows,
-    prepare_clips,
     record_outcomes,
 )
 
 if TYPE_CHECKING:
     from ser_worker.bundle import Bundle, PreparedClip
-
-TOO_FEW = "too_few_to_adapt"
-CANNOT_ADAPT = "cannot_adapt"
 
 
 def predict_adapted(
@@ -40,7 +37,6 @@ def predict_adapted(
     """Predict an adapt submission's pending items together and record each outcome; the
     counts. A second delivery waits for the first (the submission's row is held) and then finds
     nothing pending."""
-    from ser_worker.bundle import BundleError
     from ser_worker.service import runtime
 
     items = store.lock_pending_items(session, submission.id, [item.id for item in items])
@@ -49,38 +45,33 @@ def predict_adapted(
     version_id = submission.model_version_id
     limits = runtime.audio_limits()
     decoded, failures = decode_blobs(store.audio_data(session, {i.sha256 for i in items}), limits)
-    prepared: dict[str, PreparedClip] = {}
-    if decoded:
-        try:
-            bundle = runtime.bundle_for(session, version_id)
-        except BundleError as error:
-            message = f"model version {submission.model_version.version} cannot be used: {error}"
-            failures.update(dict.fromkeys(decoded, ("model_error", message)))
-        else:
-            prepared, unusable = prepare_clips(bundle, decoded, limits)
-            failures.update(unusable)
-            refusal = adapt_refusal(bundle, len(prepared))
-            if refusal is not None:
-                failures.update(dict.fromkeys(prepared, refusal))
-                prepared = {}
-            rows = adapted_rows(submission.id, version_id, prepared, bundle)
-            store.save_adapted_predictions(session, rows)
+    bundle, prepared = bundle_and_clips(session, submission, decoded, failures, limits)
+    if bundle is not None:
+        refusal = adapt_refusal(bundle, len(prepared))
+        if refusal is not None:
+            failures.update(dict.fromkeys(prepared, refusal))
+            prepared = {}
+        rows = adapted_rows(submission.id, version_id, prepared, bundle)
+        store.save_adapted_predictions(session, rows)
     return {**record_outcomes(items, prepared, failures), "computed": len(prepared)}
 
 
 def adapt_refusal(bundle: Bundle, usable: int) -> Failure | None:
-    """Why `usable` clips cannot be adapted to with this bundle, or None when they can."""
+    """Why `usable` clips cannot be adapted to with this bundle (bundle.core's rule, worded for
+    a submission), or None when they can."""
+    from ser_worker.bundle.core import CANNOT_ADAPT, TOO_FEW_TO_ADAPT, adaptation_refusal
     from ser_worker.models.encoder.head import MIN_ADAPT_CLIPS
 
-    if not bundle.can_adapt:
+    refusal = adaptation_refusal(bundle, usable)
+    if refusal == CANNOT_ADAPT:
         return (
             CANNOT_ADAPT,
             f"model version {bundle.version} cannot adapt to a submission (its bundle has no "
             "adapted head); submit again without --adapt",
         )
-    if usable < MIN_ADAPT_CLIPS:
+    if refusal == TOO_FEW_TO_ADAPT:
         return (
-            TOO_FEW,
+            TOO_FEW_TO_ADAPT,
             f"per-submission adaptation needs at least {MIN_ADAPT_CLIPS} usable clips; this "
             f"submission has {usable}; submit them again without --adapt, or with more clips "
             "from the same recording setup",

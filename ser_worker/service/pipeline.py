@@ -72,7 +72,6 @@ def predict_items(
     session: Session, submission: Submission, items: list[SubmissionItem]
 ) -> dict[str, int]:
     """Predict the pending items of one batch and record the outcome of each; the counts."""
-    from ser_worker.bundle import BundleError
     from ser_worker.service import runtime
 
     if not items:
@@ -91,21 +90,38 @@ def predict_items(
     limits = runtime.audio_limits()
     blobs = store.audio_data(session, {item.sha256 for item in items} - reusable.keys())
     decoded, failures = decode_blobs(blobs, limits)
-    prepared: dict[str, PreparedClip] = {}
-    if decoded:
-        try:
-            bundle = runtime.bundle_for(session, version_id)
-        except BundleError as error:
-            # A corrupt or missing bundle does not heal by retrying: fail the clips with the
-            # reason instead of failing the task and leaving them pending forever.
-            message = f"model version {submission.model_version.version} cannot be used: {error}"
-            failures.update(dict.fromkeys(decoded, ("model_error", message)))
-        else:
-            prepared, unusable = prepare_clips(bundle, decoded, limits)
-            failures.update(unusable)
-            rows = prediction_rows(version_id, prepared, bundle)
-            store.save_predictions(session, rows, overwrite=submission.force)
+    bundle, prepared = bundle_and_clips(session, submission, decoded, failures, limits)
+    if bundle is not None:
+        rows = prediction_rows(version_id, prepared, bundle)
+        store.save_predictions(session, rows, overwrite=submission.force)
     return {**record_outcomes(items, prepared, failures), "computed": len(prepared)}
+
+
+def bundle_and_clips(
+    session: Session,
+    submission: Submission,
+    decoded: Mapping[str, np.ndarray],
+    failures: dict[str, Failure],
+    limits: AudioLimits,
+) -> tuple[Bundle | None, dict[str, PreparedClip]]:
+    """The submission's bundle and its decoded clips as that bundle reads them; clips that
+    cannot be used join `failures`. No bundle when nothing was decoded or it cannot be loaded."""
+    from ser_worker.bundle import BundleError
+    from ser_worker.service import runtime
+
+    if not decoded:
+        return None, {}
+    try:
+        bundle = runtime.bundle_for(session, submission.model_version_id)
+    except BundleError as error:
+        # A corrupt or missing bundle does not heal by retrying: fail the clips with the
+        # reason instead of failing the task and leaving them pending forever.
+        message = f"model version {submission.model_version.version} cannot be used: {error}"
+        failures.update(dict.fromkeys(decoded, ("model_error", message)))
+        return None, {}
+    prepared, unusable = prepare_clips(bundle, decoded, limits)
+    failures.update(unusable)
+    return bundle, prepared
 
 
 def prediction_rows(

@@ -108,9 +108,16 @@ def fit_adapted_head(
 ) -> LinearHead:
     """A head for per-submission adaptation: fitted on vectors standardised within each group
     (a corpus, a recording setup), as a submission's are at prediction time."""
+    return fit_linear_head(
+        standardised_by_group(embeddings, groups), labels, classes, strength=strength
+    )
+
+
+def standardised_by_group(embeddings: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Each group's rows standardised by that group's own statistics (standardised_by_set)."""
     standardised = np.empty_like(embeddings, dtype=np.float32)
     groups = list(groups)
     for group in set(groups):
         rows = np.array([g == group for g in groups])
         standardised[rows] = standardised_by_set(embeddings[rows])
-    return fit_linear_head(standardised, labels, classes, strength=strength)
+    return standardised
