@@ -3,7 +3,7 @@ predicted in one batch, and the outcome written back as prediction rows and item
 the same decoding for the clips a training run learns from.
 
 A bad clip fails alone, with a stable error code: one odd file must never fail its batch. An
-adapt submission's clips are predicted together (service.adaptation). The heavy stages
+adapt submission's clips are predicted together by service.adaptation instead. The heavy stages
 (librosa, TensorFlow) load inside these functions, after the worker's fork.
 """
 
@@ -76,10 +76,6 @@ def predict_items(
 
     if not items:
         return {"done": 0, "failed": 0, "computed": 0}
-    if submission.adapt:  # the whole submission, predicted together (--adapt)
-        from ser_worker.service.adaptation import predict_adapted
-
-        return predict_adapted(session, submission, items)
     version_id = submission.model_version_id
     store.lock_audio(session, (item.sha256 for item in items), version_id)
     reusable = (

@@ -3,7 +3,7 @@
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from ser_worker.service import pipeline, store
+from ser_worker.service import adaptation, pipeline, store
 from ser_worker.service.celery_app import app
 from ser_worker.service.db.models import Submission, SubmissionItem
 from ser_worker.service.db.session import session_scope
@@ -26,7 +26,9 @@ def infer(item_ids: list[int]) -> dict[str, int]:
         # Items already processed (a redelivered or resumed batch) are skipped, but the
         # evaluation step below still runs: the first delivery may have died just before it.
         pending = [item for item in items if item.status == "pending"]
-        outcome = pipeline.predict_items(session, submission, pending)
+        # An --adapt submission's clips are predicted together, the others batch by batch.
+        predict = adaptation.predict_adapted if submission.adapt else pipeline.predict_items
+        outcome = predict(session, submission, pending)
     if submission.kind == "evaluate":
         with session_scope() as session:
             store.save_evaluation(session, session.get(Submission, submission.id))
