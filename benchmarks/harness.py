@@ -125,9 +125,11 @@ class Worker:
         concurrency: int = 1,
         prefix: Sequence[str] = (),
         cwd: Path = REPO,
+        app: str = "ser_worker",
     ) -> None:
         """`prefix`: a command the worker runs under (benchmarks/hosts.py: `ip netns exec NS`);
-        `cwd`: the checkout whose code it runs (Celery imports the app from there first)."""
+        `cwd`: the checkout whose code it runs (Celery imports the app from there first);
+        `app`: the module holding the Celery app (benchmarks/old_path.py: the earlier path)."""
         self.log = log
         self.concurrency = concurrency
         self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
@@ -138,7 +140,7 @@ class Worker:
                 *prefix,
                 str(BIN / "celery"),
                 "-A",
-                "ser_worker",
+                app,
                 "worker",
                 "-Q",
                 queue,

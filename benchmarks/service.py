@@ -1,7 +1,8 @@
 """Section 3, end to end: ``ser-cli submit PATHS --wait --json --force`` through Redis,
 PostgreSQL and real prefork Celery workers with 1 and with 2 worker processes, against the
-in-process library call with the same batch and thread settings. Both worker sets run side by
-side on two Redis databases, so that the three contenders can alternate run by run."""
+in-process library call with the same batch and thread settings, and against a 1-process worker
+on the earlier path (benchmarks/old_path.py). The three worker sets run side by side on three
+Redis databases, so that the four contenders can alternate run by run."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     import argparse
 
     from benchmarks.harness import Bench
+
+OLD_PATH = "old_path"  # the earlier path's worker, beside the 1- and 2-process ones
 
 
 def section_baseline(spec: dict) -> None:
@@ -170,7 +173,7 @@ def run_service(bench: Bench, bundle: Path, clips: list[Path]) -> dict[str, Any]
     out: dict[str, Any] = {"clips": n, "tf_threads_per_process": args.tf_threads}
     with Services(args, bench.workdir) as services:
         services.register(bundle.read_bytes(), clips)
-        workers: dict[int, Worker] = {}
+        workers: dict[int | str, Worker] = {}
         baseline = None
         try:
             # Cold starts, one worker set at a time: the clip is queued first, then the worker
@@ -194,6 +197,17 @@ def run_service(bench: Bench, bundle: Path, clips: list[Path]) -> dict[str, Any]
                     "spawn_to_first_result_s": done - worker.spawned,
                     "first_task_s": max(worker.task_seconds() or [float("nan")]),
                 }
+
+            # The path before ONNX Runtime took the encoder and the CNNs (benchmarks/old_path.py),
+            # one process, on a broker of its own: its cold start is not a target, so not timed.
+            bench.say("a worker on the earlier path (CTranslate2 encoder, Keras CNNs)")
+            old_path = Worker(
+                services.env(2, args.tf_threads),
+                bench.workdir / "worker-old-path.log",
+                app="benchmarks.old_path",
+            )
+            workers[OLD_PATH] = old_path
+            old_path.wait_ready()
 
             bench.say("in-process baseline: starting")
             spec = {"bundle": str(bundle), "clips": list(map(str, clips)), "batch": args.batch}
@@ -226,25 +240,25 @@ def run_service(bench: Bench, bundle: Path, clips: list[Path]) -> dict[str, Any]
             bench.say("warm-up round")
             ask("warm")
             warm = clips[: 4 * args.batch]
-            for broker in (0, 1):
+            for broker in (0, 1, 2):
                 services.submit(warm, broker, wait=True)
 
-            runs: dict[str, list[dict]] = {"inproc": [], "w1": [], "w2": []}
-            contenders = ["inproc", "w1", "w2"]
+            contenders = ["inproc", "w1", "w2", "old1"]
+            runs: dict[str, list[dict]] = {name: [] for name in contenders}
             profiler = None
             for r in range(args.service_repeats):
-                order = contenders[r % 3 :] + contenders[: r % 3]
+                order = contenders[r % 4 :] + contenders[: r % 4]
                 for name in order:
                     bench.say(f"end to end, run {r + 1}/{args.service_repeats}: {name}")
                     if name == "inproc":
                         timing = ask("run")
                         runs[name].append({"wall": timing["seconds"], "cpu_s": timing["cpu_s"]})
                         continue
-                    broker = 0 if name == "w1" else 1
+                    broker, key = {"w1": (0, 1), "w2": (1, 2), "old1": (2, OLD_PATH)}[name]
                     last = r == args.service_repeats - 1
                     if args.profile and last and name == "w1":
                         profiler = start_profiler(args.profile, workers[1], "worker-1")
-                    kids = child_pids(workers[1 if name == "w1" else 2].process.pid)
+                    kids = child_pids(workers[key].process.pid)
                     cpu = cpu_seconds(kids)
                     sub = services.submit(clips, broker, wait=True)
                     cpu = cpu_seconds(kids) - cpu
@@ -264,7 +278,8 @@ def run_service(bench: Bench, bundle: Path, clips: list[Path]) -> dict[str, Any]
                         }
                     )
             out["baseline_peak_rss_mb"] = ask("quit")["peak_rss_mb"]
-            out["memory"] = {c: w.memory() for c, w in workers.items()}
+            out["memory"] = {c: w.memory() for c, w in workers.items() if c != OLD_PATH}
+            out["old_path_memory"] = old_path.memory()
         finally:
             if baseline is not None and baseline.poll() is None:
                 baseline.kill()
@@ -279,7 +294,13 @@ def run_service(bench: Bench, bundle: Path, clips: list[Path]) -> dict[str, Any]
 def summarise(runs: dict[str, list[dict]], n: int, batch: int) -> dict[str, Any]:
     """The medians and ratios of the measured runs of the three contenders (n clips each)."""
     out: dict[str, Any] = {}
-    for name, label in (("inproc", "in_process"), ("w1", "worker_1"), ("w2", "workers_2")):
+    labels = (
+        ("inproc", "in_process"),
+        ("w1", "worker_1"),
+        ("w2", "workers_2"),
+        ("old1", "old_path_worker_1"),
+    )
+    for name, label in labels:
         out[label] = {
             "clips_s": median([n / run["wall"] for run in runs[name]]),
             "wall_s": median([run["wall"] for run in runs[name]]),
@@ -338,6 +359,10 @@ def summarise(runs: dict[str, list[dict]], n: int, batch: int) -> dict[str, Any]
             (a["last_result_s"] - a["first_result_s"]) / (b["last_result_s"] - b["first_result_s"])
             for a, b in zip(runs["w1"], runs["w2"], strict=True)
         ]
+    )
+    # The product's worker against one on the earlier path, each with 1 process, same clips.
+    out["speedup_1_worker_vs_old_path"] = median(
+        [old["wall"] / w["wall"] for old, w in zip(runs["old1"], runs["w1"], strict=True)]
     )
     out["scaling_2_workers"] = median(
         [a["wall"] / b["wall"] for a, b in zip(runs["w1"], runs["w2"], strict=True)]

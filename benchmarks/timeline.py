@@ -1,6 +1,7 @@
 """Timelines at scale: one long recording (real clips joined with pauses) through
 ``ser-cli submit --timeline --wait`` on real Redis, PostgreSQL and prefork workers with 1 and
-with 2 worker processes, one after the other in one run; the ratio of their wall times, the
+with 2 worker processes, one after the other in one run (pairs alternate which goes first
+with --repeats); the median ratio of their wall times, the
 workers' peak memory, and the stored audio per recorded hour.
 
     python -m benchmarks.timeline --data ../shared/data --minutes 60 --json
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -124,20 +126,39 @@ def main() -> None:
     parser.add_argument("--pg", default="127.0.0.1:5432")
     parser.add_argument("--pg-user", default=os.environ.get("PGUSER") or "postgres")
     parser.add_argument("--redis", default="127.0.0.1:6379")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="pairs of runs, alternating which goes first"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        choices=(1, 2),
+        help="only this many worker processes, once per repeat (no ratio): e.g. the peak "
+        "memory of a worker on a 3-hour recording",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ser-timeline-") as folder:
         work = Path(folder)
         recording = work / "recording.wav"
         audio_s = build_recording(args.data, args.minutes, recording)
-        runs = [run_one(args, recording, n, work) for n in (1, 2)]
-    result = {
-        "audio_s": audio_s,
-        "runs": runs,
-        "speedup_2_vs_1": runs[0]["seconds"] / runs[1]["seconds"],
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
-    }
+        result: dict = {"audio_s": audio_s}
+        if args.processes:
+            result["runs"] = [
+                run_one(args, recording, args.processes, work) for _ in range(args.repeats)
+            ]
+        else:
+            pairs = []
+            for r in range(args.repeats):
+                order = (1, 2) if r % 2 == 0 else (2, 1)
+                pair = {n: run_one(args, recording, n, work) for n in order}
+                pairs.append([pair[1], pair[2]])
+            ratios = [one["seconds"] / two["seconds"] for one, two in pairs]
+            result["runs"] = [run for pair in pairs for run in pair]
+            result["speedup_2_vs_1"] = statistics.median(ratios)
+            result["speedups"] = ratios
+    result["cpus"] = os.cpu_count()
+    result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=2) if args.json else result)
 
 

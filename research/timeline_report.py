@@ -29,17 +29,22 @@ CHUNK = int(CHUNK_S * SAMPLE_RATE)  # what the worker feeds the detector at a ti
 SPEECH_TOP_DB = 30.0
 
 
-def pick_clips(root: Path, count: int, seed: int):
-    """`count` labelled clips, as many of each emotion as there are, drawn at random."""
+def pick_clips(root: Path, count: int, seed: int, speakers: frozenset[str] = frozenset()):
+    """Up to `count` labelled clips (of `speakers` when given), as many of each emotion as there
+    are, drawn at random; a class with fewer clips gives all it has."""
     from ser_worker.datasets import load_dataset
 
     rng = np.random.default_rng(seed)
-    clips = [clip for clip in load_dataset(root).clips if clip.emotion in EMOTIONS]
+    clips = [
+        clip
+        for clip in load_dataset(root).clips
+        if clip.emotion in EMOTIONS and (not speakers or clip.speaker in speakers)
+    ]
     per_class = count // len(EMOTIONS)
     chosen = []
     for emotion in EMOTIONS:
         pool = [clip for clip in clips if clip.emotion == emotion]
-        chosen += [pool[i] for i in rng.choice(len(pool), per_class, replace=False)]
+        chosen += [pool[i] for i in rng.choice(len(pool), min(per_class, len(pool)), replace=False)]
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
@@ -169,6 +174,17 @@ def main() -> None:
     parser.add_argument("--pads", type=float, nargs="*", default=[0.1, 0.2])
     parser.add_argument("--pad", type=float, help="the classified segments' pad (default: as set)")
     parser.add_argument("--segmentation-only", action="store_true")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="classify with this bundle (default: the shipped one, trained on every clip)",
+    )
+    parser.add_argument(
+        "--speakers",
+        type=lambda text: frozenset(text.split(",")),
+        default=frozenset(),
+        help="draw clips from these speakers only (e.g. those a --bundle held out)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -177,7 +193,7 @@ def main() -> None:
     from ser_worker.segments import SegmentSettings
     from ser_worker.service.recordings import flac_bytes
 
-    clips = pick_clips(args.data, args.clips, args.seed)
+    clips = pick_clips(args.data, args.clips, args.seed, args.speakers)
     recordings = [
         join_clips(
             [c.path for c in clips[i : i + CLIPS_PER_RECORDING]],
@@ -205,7 +221,10 @@ def main() -> None:
         },
     }
     if not args.segmentation_only:
-        report.update(classify(recordings, base, load_bundle(shipped_bundle_bytes())))
+        bundle = load_bundle(args.bundle or shipped_bundle_bytes())
+        report["bundle"] = {"version": bundle.version, "notes": bundle.manifest.notes}
+        report["speakers"] = sorted(args.speakers)
+        report.update(classify(recordings, base, bundle))
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if args.out:

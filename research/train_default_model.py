@@ -98,11 +98,22 @@ def main() -> None:
         help="with --cnn-weights-from: retrain these CNNs (e.g. cnn1d) on every clip as new "
         "bundles read them and keep the others",
     )
+    parser.add_argument(
+        "--hold-out",
+        type=lambda text: frozenset(text.split(",")),
+        default=frozenset(),
+        help="leave these speakers out (e.g. ravdess:15,ravdess:16): a fold bundle, for research "
+        "that must classify unseen speakers with the shipped recipe; needs --out and --docs",
+    )
     parser.add_argument("--epochs", type=int, default=recipe.epochs)
     parser.add_argument("--monitor-every", type=int, default=recipe.monitor_every)
     parser.add_argument("--precision", choices=PRECISIONS, default=recipe.precision)
     parser.add_argument("--seed", type=int, default=recipe.seed)
     args = parser.parse_args()
+    if args.hold_out and (
+        args.out == parser.get_default("out") or args.docs == parser.get_default("docs")
+    ):
+        parser.error("--hold-out writes a fold bundle: give it its own --out and --docs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("train_default_model")
     try:
@@ -116,6 +127,9 @@ def main() -> None:
 
     started = time.perf_counter()
     clips = load_dataset(args.data / "ravdess").clips + load_dataset(args.data / "tess").clips
+    clips = [clip for clip in clips if clip.speaker not in args.hold_out]
+    if args.hold_out:
+        log.info("held out: %s; training on %d clips", ",".join(sorted(args.hold_out)), len(clips))
     # Each member learns from the clips as the bundle's members will read them: no bundle
     # exists yet to ask, so the preprocessing every new bundle records.
     preprocessing = CURRENT_PREPROCESSING
@@ -160,6 +174,9 @@ def main() -> None:
         strength=recipe.head_strength,
     )
     log.info("encoder heads fitted in %.0f s", time.perf_counter() - started_head)
+    if args.hold_out:
+        held_out = ", ".join(sorted(args.hold_out))
+        notes = f"fold bundle, not for shipping: {held_out} held out. {notes}"
     bundle = with_encoder_head(
         cnns,
         head,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -34,8 +35,9 @@ CHUNK_S = 30.0
 PART_CHUNKS = 10
 
 
-def decoded_chunks(data: bytes, max_duration_s: float) -> Iterator[np.ndarray]:
-    """The recording as float32 mono SAMPLE_RATE chunks of CHUNK_S (the last one shorter).
+def decoded_chunks(data: bytes | BinaryIO, max_duration_s: float) -> Iterator[np.ndarray]:
+    """The recording (its bytes, or a seekable file of them) as float32 mono SAMPLE_RATE chunks
+    of CHUNK_S (the last one shorter).
 
     Raises AudioError: not_audio when libsndfile cannot read it, too_long from the header.
     """
@@ -44,10 +46,12 @@ def decoded_chunks(data: bytes, max_duration_s: float) -> Iterator[np.ndarray]:
 
     from ser_worker.audio import EmptyAudioError, NotAudioError, TooLongError
 
-    if not data:
+    file = io.BytesIO(data) if isinstance(data, bytes) else data
+    if file.seek(0, io.SEEK_END) == 0:
         raise EmptyAudioError("the file is empty")
+    file.seek(0)
     try:
-        source = sf.SoundFile(io.BytesIO(data))
+        source = sf.SoundFile(file)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise NotAudioError(f"not a readable audio file: {error}") from None
     with source:
@@ -104,19 +108,22 @@ def segment_recording(item_id: int, enqueue: Callable[[list[int]], None]) -> Non
             or timeline_store.is_segmented(session, item_id)
         ):
             return
-        data = store.audio_data(session, [item.sha256])[item.sha256]
+        # On disk, not in memory: the file is read back a chunk at a time by the decoder.
+        data = tempfile.TemporaryFile()
+        store.copy_audio(session, item.sha256, data)
     settings = get_settings()
     detector = SpeechDetector(SegmentSettings.from_settings(settings))
     chunks: list[tuple[int, bytes]] = []
     saved, stored = 0, 0
     try:
-        for index, chunk in enumerate(decoded_chunks(data, settings.max_recording_s)):
-            detector.feed(chunk)
-            chunks.append((index, flac_bytes(chunk)))
-            stored += len(chunks[-1][1])
-            if len(chunks) == PART_CHUNKS:
-                saved = _save_part(item_id, chunks, detector.settled(), saved, enqueue)
-                chunks = []
+        with data:
+            for index, chunk in enumerate(decoded_chunks(data, settings.max_recording_s)):
+                detector.feed(chunk)
+                chunks.append((index, flac_bytes(chunk)))
+                stored += len(chunks[-1][1])
+                if len(chunks) == PART_CHUNKS:
+                    saved = _save_part(item_id, chunks, detector.settled(), saved, enqueue)
+                    chunks = []
     except Exception as error:  # an odd file must fail this recording, not the task forever
         code = error.code if isinstance(error, AudioError) else "decode_error"
         message = (

@@ -104,6 +104,50 @@ def test_targets_report_met_and_missed() -> None:
     assert "service_efficiency_1_worker" not in result
 
 
+def test_targets_of_the_encoder_issue_and_the_earlier_path_ratio() -> None:
+    from benchmarks.service import summarise
+
+    def run_(wall: float) -> dict:
+        return {"wall": wall, "first_result_s": 1.0, "last_result_s": wall, "worker_cpu_s": wall}
+
+    runs = {
+        "inproc": [{"wall": 4.0, "cpu_s": 4.0}] * 3,
+        "w1": [run_(5.0), run_(5.0), run_(4.0)],
+        "w2": [run_(3.0)] * 3,
+        "old1": [run_(10.0), run_(8.0), run_(12.0)],
+    }
+    summary = summarise(runs, n=64, batch=16)
+    # Per-run ratios of contenders measured back to back (10/5, 8/5, 12/4), then the median.
+    assert summary["speedup_1_worker_vs_old_path"] == pytest.approx(2.0)
+    keys = report.summary_keys(
+        {
+            "service": {
+                **summary,
+                "cold_1": {"spawn_to_first_result_s": 6.0},
+                "memory": {1: {"children_mb": [900.0]}},
+            }
+        }
+    )
+    verdict = report.targets(keys)
+    assert verdict["service_speedup_1_worker"]["met"] is True
+    assert verdict["worker_cold_start_s"]["met"] is False  # 6 s > 5 s
+    assert verdict["worker_rss_mb"]["met"] is True  # 900 MB <= 1.0 GB
+    assert verdict["scaling_2_workers"]["value"] == pytest.approx(5 / 3)
+    assert verdict["scaling_2_workers"]["met"] is False  # 1.67 < 1.8
+
+
+def test_the_earlier_path_app_picks_ctranslate2_and_keras() -> None:
+    code = (
+        "import benchmarks.old_path as o, ser_worker.models.encoder as e, "
+        "ser_worker.service.runtime as r, sys; "
+        "assert e.load_encoder.keywords == {'backend': 'ctranslate2'}; "
+        "assert r.load_bundle.keywords == {'runtime': 'keras'}; "
+        "assert o.app.main == 'ser_worker'; "
+        "assert 'tensorflow' not in sys.modules and 'ctranslate2' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
 def test_peak_rss_is_read_from_proc() -> None:
     status = proc_status()
     if not status:

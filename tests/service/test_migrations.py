@@ -1,8 +1,10 @@
 """Migrations on PostgreSQL: 0004 backfills `uncertain` on rows stored before it, as on SQLite
 (tests/unit/test_uncertain.py), and goes back and forth; 0005 adds `submissions.adapt` and
-`adapted_predictions` (tests/unit/test_adapt.py)."""
+`adapted_predictions` (tests/unit/test_adapt.py); 0006 stores audio uncompressed out of line.
+"""
 
 from alembic import command
+from sqlalchemy import create_engine, text
 
 from tests.unit.test_adapt import check_adapt_migration
 from tests.unit.test_uncertain import alembic_config, check_backfill
@@ -21,3 +23,26 @@ def test_adapt_and_adapted_predictions_on_postgresql(database_url):
     command.downgrade(alembic_config(database_url), "0004")
 
     check_adapt_migration(database_url)
+
+
+def _audio_storage(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.scalar(
+                text(
+                    "SELECT attstorage FROM pg_attribute "
+                    "WHERE attrelid = 'audio_blobs'::regclass AND attname = 'data'"
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def test_audio_is_stored_for_reading_in_slices_on_postgresql(database_url):
+    # 'e': EXTERNAL, out of line and never compressed; 'x': EXTENDED, PostgreSQL's default.
+    assert _audio_storage(database_url) == "e"
+    command.downgrade(alembic_config(database_url), "0005")
+    assert _audio_storage(database_url) == "x"
+    command.upgrade(alembic_config(database_url), "head")
+    assert _audio_storage(database_url) == "e"

@@ -204,3 +204,47 @@ def test_a_worker_killed_mid_recording_loses_nothing_and_replays_change_nothing(
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert _segment_counts(database_url) == (statuses, predictions)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_recording_is_read_from_the_store_a_slice_at_a_time(backend, tmp_path, request):
+    import io
+
+    from ser_worker.service import store
+    from ser_worker.service.db.migrate import upgrade_database
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ser.db'}"
+        upgrade_database(url)
+    else:
+        url = request.getfixturevalue("database_url")
+    data = bytes(range(256)) * 40 + b"tail"  # 10,244 bytes: the last slice is short
+    with session_scope(url) as session:
+        [digest] = store.store_audio(session, [data])
+        out = io.BytesIO()
+        assert store.copy_audio(session, digest, out, slice_bytes=1000) == len(data)
+        with pytest.raises(LookupError):
+            store.copy_audio(session, "0" * 64, io.BytesIO())
+    assert out.getvalue() == data
+
+
+def test_a_recording_decodes_the_same_from_its_bytes_and_from_a_file(tmp_path):
+    import io
+
+    import numpy as np
+
+    from ser_worker.audio import EmptyAudioError
+    from ser_worker.service.recordings import decoded_chunks
+
+    joined = tmp_path / "joined.wav"
+    signal, _ = join_clips([c.path for c in load_dataset(TEST_DATA).clips][:6], seed=3, repeat=4)
+    wav_bytes(signal, joined)
+    data = joined.read_bytes()
+    with joined.open("rb") as file:
+        from_file = list(decoded_chunks(file, 3600))
+    from_bytes = list(decoded_chunks(data, 3600))
+    assert len(from_file) == len(from_bytes) >= 2  # more than one 30 s chunk
+    for a, b in zip(from_file, from_bytes, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(EmptyAudioError):
+        list(decoded_chunks(io.BytesIO(), 3600))

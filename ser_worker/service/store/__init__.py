@@ -11,7 +11,7 @@ from ser_worker.service.store.adapted import (
     save_adapted_predictions,
     submission_adapted,
 )
-from ser_worker.service.store.audio import audio_data, sha256_hex, store_audio
+from ser_worker.service.store.audio import audio_data, copy_audio, sha256_hex, store_audio
 from ser_worker.service.store.evaluations import (
     evaluation_report,
     evaluations_listing,
@@ -90,6 +90,7 @@ __all__ = [
     "active_version",
     "adapted_predictions",
     "audio_data",
+    "copy_audio",
     "audio_lock_key",
     "can_adapt",
     "claim_run",
