@@ -13,6 +13,12 @@ REPORT = REPO / "docs" / "RESULTS.md"
 DATA = REPO.parent / "shared" / "data"
 
 
+def speaker_set(text: str) -> frozenset[str]:
+    """Speakers named on a command line, comma-separated as the datasets name them
+    (`ravdess:15,ravdess:16`)."""
+    return frozenset(name for name in text.split(",") if name)
+
+
 def run_file(experiment: str, recipe: str, seed: int) -> str:
     """The name of one CNN run's JSON under RESULTS; the encoder report pairs runs by it."""
     return f"{experiment}--{recipe}--seed{seed}.json"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.recordings import join_clips
+from research.common import speaker_set
 from ser_worker.labels import EMOTIONS, ENSEMBLE, SAMPLE_RATE
 from ser_worker.service.recordings import CHUNK_S
 
@@ -181,7 +182,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--speakers",
-        type=lambda text: frozenset(text.split(",")),
+        type=speaker_set,
         default=frozenset(),
         help="draw clips from these speakers only (e.g. those a --bundle held out)",
     )

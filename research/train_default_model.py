@@ -40,7 +40,7 @@ from pathlib import Path
 if not __package__:  # run as a file: import research.* as `python -m` would
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from research.common import DATA, REPO
+from research.common import DATA, REPO, speaker_set
 from research.default_model import RECORD, DefaultModelRecipe, RecipeError
 from ser_worker.audio import load_audio
 from ser_worker.bundle import Bundle, load_bundle, read_manifest, save_bundle, with_encoder_head
@@ -100,7 +100,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--hold-out",
-        type=lambda text: frozenset(text.split(",")),
+        type=speaker_set,
         default=frozenset(),
         help="leave these speakers out (e.g. ravdess:15,ravdess:16): a fold bundle, for research "
         "that must classify unseen speakers with the shipped recipe; needs --out and --docs",
