@@ -120,19 +120,34 @@ def measure(recordings, settings, edges) -> dict:
 
 
 def classify(recordings, settings, bundle) -> dict:
-    """Ensemble macro-F1 on each clip's longest-overlapping segment (a clip without one counts
-    as wrong) and on the same clips classified alone, as the service would (untrimmed decode)."""
+    """Macro-F1 of the ensemble (and of each member, under "by_model") on each clip's
+    longest-overlapping segment (a clip without one counts as wrong), on the same audio cut at
+    the clip's true edges, and on the clips classified alone as the service would (untrimmed
+    decode)."""
     from sklearn.metrics import f1_score
 
     from ser_worker.audio import load_audio
 
-    truth, alone, sliced, segmented = [], [], [], []
+    models = [*bundle.members, ENSEMBLE]
+    truth: list[str] = []
+    answers = {way: {m: [] for m in models} for way in ("alone", "cut", "segments")}
+
+    def add(way: str, predictions, where=None, n=0) -> None:
+        for model in models:
+            labels = [p[model].emotion for p in predictions]
+            if where is not None:  # clips without a segment: "none", always wrong
+                filled = ["none"] * n
+                for i, label in zip(where, labels, strict=True):
+                    filled[i] = label
+                labels = filled
+            answers[way][model] += labels
+
     for signal, joined in recordings:
         matches = match(joined, segment(signal, settings))
         clips = [
             bundle.prepare(load_audio(m["clip"].path, trim=False), SAMPLE_RATE) for m in matches
         ]
-        alone += [p[ENSEMBLE].emotion for p in bundle.predict_prepared(clips)]
+        add("alone", bundle.predict_prepared(clips))
         # The clip as it lies in the recording (same noise), cut at its true edges.
         exact = [
             bundle.prepare(
@@ -141,28 +156,29 @@ def classify(recordings, settings, bundle) -> dict:
             )
             for m in matches
         ]
-        sliced += [p[ENSEMBLE].emotion for p in bundle.predict_prepared(exact)]
+        add("cut", bundle.predict_prepared(exact))
         pieces, where = [], []
         for i, m in enumerate(matches):
             truth.append(m["clip"].emotion)
             if m["hits"]:
                 c = m["clip"]
                 s = max(m["hits"], key=lambda s: min(s.end_s, c.end_s) - max(s.start_s, c.start_s))
-                y = signal[int(s.start_s * SAMPLE_RATE) : int(s.end_s * SAMPLE_RATE)]
+                start_s, end_s = s.read_span  # what a worker reads for it
+                y = signal[int(start_s * SAMPLE_RATE) : int(end_s * SAMPLE_RATE)]
                 pieces.append(bundle.prepare(y, SAMPLE_RATE))
                 where.append(i)
-        labels = ["none"] * len(matches)
-        for i, p in zip(where, bundle.predict_prepared(pieces), strict=True):
-            labels[i] = p[ENSEMBLE].emotion
-        segmented += labels
+        add("segments", bundle.predict_prepared(pieces), where, len(matches))
 
     def score(predicted: list[str]) -> float:
         return float(f1_score(truth, predicted, labels=list(EMOTIONS), average="macro"))
 
     return {
-        "ensemble_macro_f1_alone": score(alone),
-        "ensemble_macro_f1_cut_at_true_edges": score(sliced),
-        "ensemble_macro_f1_segments": score(segmented),
+        "ensemble_macro_f1_alone": score(answers["alone"][ENSEMBLE]),
+        "ensemble_macro_f1_cut_at_true_edges": score(answers["cut"][ENSEMBLE]),
+        "ensemble_macro_f1_segments": score(answers["segments"][ENSEMBLE]),
+        "by_model": {
+            model: {way: score(answers[way][model]) for way in answers} for model in models
+        },
     }
 
 
@@ -174,6 +190,12 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.25, 0.35, 0.5])
     parser.add_argument("--pads", type=float, nargs="*", default=[0.1, 0.2])
     parser.add_argument("--pad", type=float, help="the classified segments' pad (default: as set)")
+    parser.add_argument(
+        "--context",
+        type=float,
+        nargs="*",
+        help="classify with each of these SER_SEGMENT_CONTEXT_S values (default: as set)",
+    )
     parser.add_argument("--segmentation-only", action="store_true")
     parser.add_argument(
         "--bundle",
@@ -225,7 +247,10 @@ def main() -> None:
         bundle = load_bundle(args.bundle or shipped_bundle_bytes())
         report["bundle"] = {"version": bundle.version, "notes": bundle.manifest.notes}
         report["speakers"] = sorted(args.speakers)
-        report.update(classify(recordings, base, bundle))
+        contexts = args.context if args.context is not None else [base.context_s]
+        by_context = {c: classify(recordings, replace(base, context_s=c), bundle) for c in contexts}
+        report.update(by_context[contexts[-1]])
+        report["by_context"] = by_context
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if args.out:

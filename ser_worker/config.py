@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     segment_overlap_s: float = Field(
         1.5, ge=0, description="Overlap of consecutive windows of one long speech run."
     )
+    segment_context_s: float = Field(
+        0.5,
+        ge=0,
+        description="Audio around a segment the models also read (never into a neighbour's half "
+        "of a pause): they learnt from clips with their silence around the speech.",
+    )
     segment_batch_size: int = Field(
         8, ge=1, description="Segments per inference task (small: a recording spreads wide)."
     )

@@ -36,6 +36,10 @@ class SegmentSettings:
     min_speech_s: float
     # Each segment keeps this much audio around its run: the detector reacts a frame or two late.
     pad_s: float = 0.1
+    # What the models read reaches this much further (Segment.context): the members learnt from
+    # clips with their lead-in and trailing silence, and read a segment cut tight to the speech
+    # as a different kind of input (docs/RESULTS.md, "Timelines").
+    context_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SegmentSettings:
@@ -46,13 +50,22 @@ class SegmentSettings:
             window_s=settings.segment_window_s,
             overlap_s=min(settings.segment_overlap_s, settings.segment_window_s / 2),
             min_speech_s=settings.min_duration_s,
+            context_s=settings.segment_context_s,
         )
 
 
 @dataclass(frozen=True)
 class Segment:
+    """Where speech was found (start_s, end_s: what a timeline reports), and the span of the
+    recording the models read for it (`context`; the same span where None)."""
+
     start_s: float
     end_s: float
+    context: tuple[float, float] | None = field(default=None, compare=False)
+
+    @property
+    def read_span(self) -> tuple[float, float]:
+        return self.context or (self.start_s, self.end_s)
 
     @property
     def duration_s(self) -> float:
@@ -112,7 +125,8 @@ class SpeechDetector:
         found = segments_from_probabilities(
             probabilities, probabilities.size * FRAME, self.settings
         )
-        cutoff = fed_s - (self.settings.min_silence_s + 2 * self.settings.pad_s + 2 * FRAME_S)
+        reach = self.settings.pad_s + max(self.settings.pad_s, self.settings.context_s)
+        cutoff = fed_s - (self.settings.min_silence_s + 2 * reach + 2 * FRAME_S)
         # Windows of one run touch or overlap each other: a run is the chain they form.
         keep = len(found)
         while keep and found[keep - 1].end_s >= cutoff:
@@ -139,14 +153,25 @@ def speech_segments(
 def segments_from_probabilities(
     probabilities: np.ndarray, n_samples: int, settings: SegmentSettings
 ) -> list[Segment]:
-    """Speech runs (hysteresis, short pauses bridged, padded), then windows of the long ones."""
+    """Speech runs (hysteresis, short pauses bridged, padded), then windows of the long ones,
+    each with the span its models read (`Segment.context`)."""
     duration_s = n_samples / SAMPLE_RATE
     runs = _speech_runs(probabilities, settings)
     runs = _bridge(runs, settings.min_silence_s)
     runs = [(start, end) for start, end in runs if end - start >= settings.min_speech_s]
     segments: list[Segment] = []
-    for start, end in _pad(runs, settings.pad_s, duration_s):
-        segments.extend(_windows(start, end, settings))
+    padded = _pad(runs, settings.pad_s, duration_s)
+    for (start, end), (before, after) in zip(
+        padded, _pad(padded, settings.context_s, duration_s), strict=True
+    ):
+        windows = _windows(start, end, settings)
+        # The run's outer edges reach into the pauses around it; its inner windows' edges lie
+        # in speech that the neighbouring window reads.
+        spans = [[w.start_s, w.end_s] for w in windows]
+        spans[0][0], spans[-1][1] = round(before, 3), round(after, 3)
+        segments.extend(
+            Segment(w.start_s, w.end_s, (a, b)) for w, (a, b) in zip(windows, spans, strict=True)
+        )
     return segments
 
 

@@ -234,7 +234,8 @@ def predict_segments(session: Session, segment_ids: list[int]) -> dict[str, int]
 
 
 class SegmentAudio:
-    """A segment's samples, read from the stored chunks its offsets touch (each decoded once)."""
+    """The samples a segment's models read (its context span), from the stored chunks those
+    offsets touch (each decoded once)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -244,8 +245,11 @@ class SegmentAudio:
         import soundfile as sf
 
         chunk_s = CHUNK_S  # the recording row, written last, may not exist yet
-        first = int(segment.start_s // chunk_s)
-        last = int(max(segment.end_s - 1e-6, segment.start_s) // chunk_s)
+        start_s, end_s = segment.start_s, segment.end_s
+        if segment.context_start_s is not None and segment.context_end_s is not None:
+            start_s, end_s = segment.context_start_s, segment.context_end_s
+        first = int(start_s // chunk_s)
+        last = int(max(end_s - 1e-6, start_s) // chunk_s)
         wanted = [i for i in range(first, last + 1) if (segment.item_id, i) not in self._chunks]
         for index, flac in timeline_store.recording_chunks(
             self.session, segment.item_id, wanted
@@ -259,6 +263,6 @@ class SegmentAudio:
             ]
         )
         offset = first * chunk_s
-        start = int(round((segment.start_s - offset) * SAMPLE_RATE))
-        end = int(round((segment.end_s - offset) * SAMPLE_RATE))
+        start = int(round((start_s - offset) * SAMPLE_RATE))
+        end = int(round((end_s - offset) * SAMPLE_RATE))
         return np.ascontiguousarray(joined[start:end])

@@ -46,3 +46,26 @@ def test_audio_is_stored_for_reading_in_slices_on_postgresql(database_url):
     assert _audio_storage(database_url) == "x"
     command.upgrade(alembic_config(database_url), "head")
     assert _audio_storage(database_url) == "e"
+
+
+def _segment_columns(url: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns("segments")}
+    finally:
+        engine.dispose()
+
+
+def test_segment_context_columns_come_and_go_on_both_databases(database_url, tmp_path):
+    from ser_worker.service.db.migrate import upgrade_database
+
+    sqlite = f"sqlite:///{tmp_path / 'ser.db'}"
+    upgrade_database(sqlite)
+    for url in (database_url, sqlite):
+        assert {"context_start_s", "context_end_s"} <= _segment_columns(url)
+        command.downgrade(alembic_config(url), "0006")
+        assert not {"context_start_s", "context_end_s"} & _segment_columns(url)
+        command.upgrade(alembic_config(url), "head")
+        assert {"context_start_s", "context_end_s"} <= _segment_columns(url)

@@ -1,6 +1,7 @@
 """Speech segments: the voice-activity detector on real clips joined with pauses, and the rules
 around it (short pauses bridged, long runs cut into overlapping windows) on synthetic frames."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +94,50 @@ def test_chunked_feeding_finds_the_same_segments_as_one_call():
         assert abs(a.start_s - b.start_s) < 0.2 and abs(a.end_s - b.end_s) < 0.2
 
 
-def test_settled_segments_are_a_prefix_of_the_final_ones():
-    """What a worker commits and fans out while it is still decoding never changes later."""
+def test_the_models_read_context_up_to_half_a_pause_and_the_recording_edges():
+    wide = replace(SETTINGS, context_s=0.5)
+    # Speech 1-3 s, a 0.8 s pause, 3.8-5 s, silence to 5.2 s: pads 0.1, then context.
+    probabilities = _frames((1, 0.0), (2, 0.9), (0.8, 0.0), (1.2, 0.9), (0.2, 0.0))
+    n = len(probabilities) * FRAME
+    first, second = segments_from_probabilities(probabilities, n, wide)
+    # Reported bounds do not move with the context.
+    assert [(first.start_s, first.end_s), (second.start_s, second.end_s)] == _segments(
+        probabilities
+    )
+    # Before the first: the full 0.5 s of the lead-in; between them: each stops half-way
+    # into what the pads left of the pause; after the last: the recording's end.
+    assert first.read_span[0] == pytest.approx(first.start_s - 0.5, abs=1e-3)
+    middle = (first.end_s + second.start_s) / 2
+    assert first.read_span[1] == pytest.approx(middle, abs=1e-3)
+    assert second.read_span[0] == pytest.approx(middle, abs=1e-3)
+    assert second.read_span[1] == pytest.approx(n / SAMPLE_RATE, abs=1e-3)
+    assert first.read_span[1] - first.end_s < 0.5  # the pause was too short for all of it
+
+
+def test_windows_of_a_long_run_take_context_only_at_the_run_edges():
+    wide = replace(SETTINGS, context_s=0.5)
+    probabilities = _frames((2, 0.0), (14, 0.9), (2, 0.0))
+    windows = segments_from_probabilities(probabilities, len(probabilities) * FRAME, wide)
+    assert len(windows) >= 3
+    assert windows[0].read_span == (
+        pytest.approx(windows[0].start_s - 0.5, abs=1e-3),
+        windows[0].end_s,
+    )
+    assert windows[-1].read_span == (
+        windows[-1].start_s,
+        pytest.approx(windows[-1].end_s + 0.5, abs=1e-3),
+    )
+    for inner in windows[1:-1]:
+        assert inner.read_span == (inner.start_s, inner.end_s)
+
+
+@pytest.mark.parametrize("context_s", [0.0, 0.5])
+def test_settled_segments_are_a_prefix_of_the_final_ones(context_s):
+    """What a worker commits and fans out while it is still decoding never changes later, the
+    span its models read included."""
     dataset = load_dataset(TEST_DATA)
     signal, _ = join_clips([clip.path for clip in dataset.clips], seed=5, pause_s=(0.2, 1.0))
-    detector = SpeechDetector(SETTINGS)
+    detector = SpeechDetector(replace(SETTINGS, context_s=context_s))
     seen = []
     for start in range(0, signal.size, 3 * SAMPLE_RATE):
         detector.feed(signal[start : start + 3 * SAMPLE_RATE])
@@ -106,3 +146,4 @@ def test_settled_segments_are_a_prefix_of_the_final_ones():
     assert len(seen[-1]) < len(final) + 1 and seen[len(seen) // 2]
     for settled in seen:
         assert final[: len(settled)] == settled
+        assert [s.read_span for s in final[: len(settled)]] == [s.read_span for s in settled]

@@ -222,6 +222,10 @@ class SpeechSegment(Base):
     index: Mapped[int] = mapped_column(Integer)
     start_s: Mapped[float] = mapped_column(Float)
     end_s: Mapped[float] = mapped_column(Float)
+    # The span the models read (segments.Segment.context); None: start_s to end_s, as segments
+    # stored before it were read.
+    context_start_s: Mapped[float | None] = mapped_column(Float)
+    context_end_s: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(8), default="pending")
     error_code: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)

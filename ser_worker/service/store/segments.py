@@ -92,6 +92,8 @@ def save_segments(
                 "index": first_index + i,
                 "start_s": s.start_s,
                 "end_s": s.end_s,
+                "context_start_s": s.read_span[0],
+                "context_end_s": s.read_span[1],
                 "status": "pending",
             }
             for i, s in enumerate(segments)
