@@ -461,3 +461,23 @@ def test_an_unwritable_home_says_so(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "cannot be created (Permission denied)" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_server_gives_up_on_a_vanished_client_within_a_minute(database_url):
+    """A worker host cut off mid-task holds its transaction's locks until the server ends its
+    session: every connection asks the server to probe its peer and to bound unacknowledged
+    sends (PostgreSQL's defaults leave that to the kernel: hours)."""
+    from sqlalchemy import text
+
+    from ser_worker.service.db.session import get_engine
+
+    with get_engine(database_url).connect() as connection:
+        seconds = {
+            name: int(connection.scalar(text(f"SHOW {name}")))
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+        }
+        user_timeout_ms = int(connection.scalar(text("SHOW tcp_user_timeout")))
+    probed = seconds["tcp_keepalives_idle"] + (
+        seconds["tcp_keepalives_interval"] * seconds["tcp_keepalives_count"]
+    )
+    assert 0 < probed <= 60 and 0 < user_timeout_ms <= 60_000

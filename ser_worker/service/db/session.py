@@ -30,6 +30,15 @@ _PG_KEEPALIVES = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
 }
+# The same bounds on the server's side of each connection (PostgreSQL 12+ session settings):
+# a worker host cut off in the middle of a task holds its transaction's locks, and the server
+# learns of it only from its own keepalives or unacknowledged sends, by default after hours.
+# With these, its session ends within about half a minute, and another worker takes over the
+# redelivered task instead of waiting on those locks (benchmarks/hosts.py cuts a link mid-run).
+_PG_SERVER_BOUNDS = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=30000"
+)
 # SQLite: wait for another process's write lock instead of failing at once.
 SQLITE_BUSY_S = 30
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -80,7 +89,11 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
     # Values given in the URL's query (?connect_timeout=20) win over these defaults.
     query = make_url(url).query
-    bounded = {"connect_timeout": CONNECT_TIMEOUT_S, **_PG_KEEPALIVES}
+    bounded = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        **_PG_KEEPALIVES,
+        "options": _PG_SERVER_BOUNDS,
+    }
     connect_args = {key: value for key, value in bounded.items() if key not in query}
     try:
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
