@@ -21,14 +21,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _storage(kind: str) -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(f"ALTER TABLE audio_blobs ALTER COLUMN data SET STORAGE {kind}")
+def _on_postgresql() -> bool:
+    return op.get_bind().dialect.name == "postgresql"
 
 
 def upgrade() -> None:
-    _storage("EXTERNAL")
+    if _on_postgresql():
+        op.execute("ALTER TABLE audio_blobs ALTER COLUMN data SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
-    _storage("EXTENDED")
+    if _on_postgresql():
+        op.execute("ALTER TABLE audio_blobs ALTER COLUMN data SET STORAGE EXTENDED")

@@ -22,6 +22,7 @@ from cli.main import cli
 from ser_worker.bundle.records import MemberPrediction
 from ser_worker.config import get_settings
 from ser_worker.labels import EMOTIONS
+from ser_worker.segments import Segment
 from ser_worker.service import pipeline, recordings, runtime, store
 from ser_worker.service.db.migrate import upgrade_database
 from ser_worker.service.db.models import Prediction, SegmentPrediction
@@ -236,7 +237,7 @@ def test_segment_predictions_store_the_flag_and_the_timeline_reads_it(data_dir, 
             model_version_id=version.id,
         )
         item = submission.items[0]
-        found = [types.SimpleNamespace(start_s=s, end_s=s + 1.0) for s in (0.0, 2.0)]
+        found = [Segment(s, s + 1.0) for s in (0.0, 2.0)]
         timeline_store.save_segments(session, item.id, found, first_index=0)
         timeline_store.save_recording(
             session, item, found, duration_s=4, chunk_s=30, stored_bytes=1

@@ -3,9 +3,11 @@ and `ser-cli results` read. A segment is claimed, predicted and marked done in o
 and its predictions are keyed by (segment, model): each segment ends done exactly once however
 often its task is delivered."""
 
+from __future__ import annotations
+
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, undefer
@@ -22,6 +24,9 @@ from ser_worker.service.db.models import (
 )
 from ser_worker.service.store.predictions import version_models
 from ser_worker.service.store.sql import insert, is_postgresql
+
+if TYPE_CHECKING:
+    from ser_worker.segments import Segment
 
 # The submission kind whose items are recordings.
 TIMELINE = "timeline"
@@ -82,7 +87,7 @@ def save_recording(
 
 
 def save_segments(
-    session: Session, item_id: int, segments: Sequence[Any], *, first_index: int
+    session: Session, item_id: int, segments: Sequence[Segment], *, first_index: int
 ) -> None:
     """Pending segments numbered from `first_index`; those a previous delivery stored stay."""
     if segments:
