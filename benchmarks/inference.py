@@ -41,12 +41,13 @@ def section_bundle(spec: dict) -> dict:
 
 
 def import_runtime() -> dict[str, float]:
-    """The heavy part of a worker's cold start, timed: librosa JIT warm-up, TF/Keras import."""
+    """Parts of a worker's cold start, timed: the feature warm-up, and TF/Keras' import (which a
+    worker pays only for a bundle without ONNX exports of its CNNs)."""
     timings = {}
     t = time.perf_counter()
     from ser_worker.service import runtime
 
-    # What a worker child does after the fork (its threads, librosa), here in the foreground.
+    # What a worker child does after the fork (its threads, the features), in the foreground.
     runtime.warm_up(background=False)
     timings["warm_up_s"] = time.perf_counter() - t
     t = time.perf_counter()

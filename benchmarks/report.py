@@ -249,7 +249,7 @@ def print_table(r: dict) -> None:
             row(
                 "  cold start parts (in process)",
                 "",
-                f"librosa warm-up {cold['warm_up_s']:.2f} s, TF/Keras import "
+                f"feature warm-up {cold['warm_up_s']:.2f} s, TF/Keras import "
                 f"{cold['import_tf_s']:.2f} s, bundle load {cold['load_bundle_s']:.2f} s, "
                 f"first predict {cold['first_predict_s']:.2f} s",
             )

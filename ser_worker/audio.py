@@ -12,12 +12,12 @@ import os
 import re
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 import soundfile as sf
 import soxr
 
 from ser_worker.config import Settings, get_settings
+from ser_worker.features import dsp
 from ser_worker.labels import SAMPLE_RATE, TRIM_TOP_DB
 
 # Below this peak (-80 dBFS) a clip holds nothing a model can use; one 16-bit step is ~3e-5.
@@ -333,14 +333,14 @@ def trim_silence(
 
 def _trimmed(y: np.ndarray, top_db: float) -> np.ndarray:
     """librosa.effects.trim(y, top_db, _TRIM_FRAME, _TRIM_HOP)[0] for mono y, bit for bit, by the
-    same librosa calls: importing librosa.effects loads scikit-learn, which an inference worker
-    needs for nothing else (0.2-0.25 s of its cold start, and memory)."""
-    rms = librosa.feature.rms(y=y, frame_length=_TRIM_FRAME, hop_length=_TRIM_HOP)[0]
-    loud = np.flatnonzero(librosa.amplitude_to_db(rms, ref=np.max, top_db=None) > -top_db)
+    same operations in numpy (features.dsp): librosa.effects loads scikit-learn and numba, which
+    an inference worker needs for nothing else."""
+    rms = dsp.rms(y, _TRIM_FRAME, _TRIM_HOP)
+    loud = np.flatnonzero(dsp.amplitude_to_db(rms) > -top_db)
     if loud.size == 0:
         return y[:0]
-    start = int(librosa.frames_to_samples(loud[0], hop_length=_TRIM_HOP))
-    end = int(librosa.frames_to_samples(loud[-1] + 1, hop_length=_TRIM_HOP))
+    start = int(loud[0]) * _TRIM_HOP
+    end = (int(loud[-1]) + 1) * _TRIM_HOP
     return y[start : min(len(y), end)]
 
 

@@ -7,14 +7,13 @@ This module runs on the worker hot path: everything is vectorised over frames.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import librosa
 import numpy as np
 
+from ser_worker.features import dsp
 from ser_worker.labels import SAMPLE_RATE
 
 # Default 2D window, chosen by measuring trimmed clip lengths (librosa trim, top_db 60, the
@@ -127,34 +126,25 @@ def frame_energy(y: np.ndarray, s: FeatureSettings) -> np.ndarray:
     # Zero padding, as melspectrogram pads, so frame i is centred on sample i * hop in both.
     half = s.frame_length // 2
     padded = np.pad(y.astype(np.float64, copy=False), (half, half))
-    frames = librosa.util.frame(padded, frame_length=s.frame_length, hop_length=s.hop_length)
+    frames = dsp.frame(padded, s.frame_length, s.hop_length)
     energy = np.einsum("ij,ij->j", frames, frames) / s.frame_length
     return energy.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
-    basis.flags.writeable = False
-    return basis
 
 
 def log_mel(y: np.ndarray, s: FeatureSettings) -> np.ndarray:
     """librosa.power_to_db(librosa.feature.melspectrogram(...), ref=np.max), bit for bit.
 
-    The same operations as librosa.feature.melspectrogram, except that the mel filter bank
-    (which librosa rebuilds on every call, as long as the STFT itself) is built once per setting.
+    The same operations as librosa.feature.melspectrogram (in numpy: features.dsp), except that
+    the mel filter bank, which librosa rebuilds on every call, is built once per setting.
     """
-    power = (
-        np.abs(librosa.stft(y, n_fft=s.frame_length, hop_length=s.hop_length, center=True)) ** 2.0
-    )
+    power = np.abs(dsp.stft(y, s.frame_length, s.hop_length)) ** 2.0
     mel = np.einsum(
         "...ft,mf->...mt",
         power,
-        _mel_basis(s.sample_rate, s.frame_length, s.n_mels),
+        dsp.mel_filters(s.sample_rate, s.frame_length, s.n_mels),
         optimize=True,
     )
-    return librosa.power_to_db(mel, ref=np.max).astype(np.float32, copy=False)
+    return dsp.power_to_db(mel).astype(np.float32, copy=False)
 
 
 def extract(y: np.ndarray, settings: FeatureSettings) -> ClipFeatures:

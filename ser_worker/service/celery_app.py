@@ -65,7 +65,7 @@ app.conf.update(
 
 @worker_process_init.connect
 def _warm_up_child(**_kwargs) -> None:
-    """Pay librosa's JIT compilation in each child once, after the fork, not on the first clip."""
+    """Load the active bundle in each child once, after the fork, not on the first clip."""
     from ser_worker.service import runtime
 
     runtime.warm_up()

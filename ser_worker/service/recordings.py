@@ -110,7 +110,11 @@ def segment_recording(item_id: int, enqueue: Callable[[list[int]], None]) -> Non
             return
         # On disk, not in memory: the file is read back a chunk at a time by the decoder.
         data = tempfile.TemporaryFile()
-        store.copy_audio(session, item.sha256, data)
+        try:
+            store.copy_audio(session, item.sha256, data)
+        except BaseException:
+            data.close()  # the task is retried or fails: the file must not wait for the GC
+            raise
     settings = get_settings()
     detector = SpeechDetector(SegmentSettings.from_settings(settings))
     chunks: list[tuple[int, bytes]] = []

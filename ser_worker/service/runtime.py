@@ -3,14 +3,16 @@ and kept while the process lives (a submission pins its version, so a promotion 
 next submission load the new one).
 
 Right after the fork, `warm_up` (worker_process_init) sets the process's thread budget and
-hands the slow part (librosa's and TensorFlow's imports, the active bundle, Keras tracing) to a
-background thread: Celery kills a child that takes longer than worker_proc_alive_timeout (4 s)
-to report for work, and those imports alone take 3-7 s on a busy host. A task that arrives
+hands the slow part (the active bundle, its preprocessing's imports, the speech encoder's graph,
+TensorFlow where a CNN has no ONNX export) to a background thread: Celery kills a child that takes
+longer than worker_proc_alive_timeout (4 s) to report for work, and that part alone takes 2-7 s on
+a busy host. A task that arrives
 before the warm-up is done simply waits for the same imports and the same bundle lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.abc
 import importlib.util
 import logging
@@ -61,8 +63,8 @@ def bundle_for(session: Session, version_id: int) -> Bundle:
 
 
 def _trace(bundle: Bundle) -> None:
-    """Trace each model's predict function, and load the speech encoder, before the first real
-    batch.
+    """Trace each model's predict function, load the speech encoder and import what the bundle's
+    preprocessing needs (pyloudnorm loads scipy.signal: about 1 s), before the first real batch.
 
     Keras traces it for the first batch shape it sees and, on the second (reduce_retracing),
     once more with the batch axis left open: that function serves every later size. Two tiny
@@ -72,6 +74,10 @@ def _trace(bundle: Bundle) -> None:
     from ser_worker.models.registry import input_shape
 
     settings = bundle.feature_settings
+    noise = np.random.default_rng(0).standard_normal(settings.sample_rate).astype(np.float32)
+    # One second of noise passes whatever duration limits this host configured.
+    limits = dataclasses.replace(audio_limits(), min_duration_s=0.0, max_duration_s=2.0)
+    bundle.prepare(noise * np.float32(0.1), settings.sample_rate, limits)
     for name, model in bundle.models.items():
         shape = input_shape(name, settings)
         for size in (1, 2):
@@ -187,7 +193,7 @@ def _native_stderr_filtered() -> Iterator[None]:
 
 
 def warm_features() -> None:
-    """Import librosa's lazily loaded parts and compile its numba kernels (~1-3 s)."""
+    """Import the feature code and run it once (it no longer needs librosa: features.dsp)."""
     from ser_worker.features.study import FeatureSettings, extract
 
     rng = np.random.default_rng(0)
@@ -219,9 +225,9 @@ def _warm_in_background() -> None:
 def warm_up(*, background: bool = True) -> None:
     """Prepare a worker process right after the fork (Celery's worker_process_init).
 
-    Sets the thread budget now; librosa, TensorFlow and the active bundle are loaded in a
-    daemon thread (background=True) so that the child reports for work at once. With
-    background=False only librosa is warmed, in the calling thread.
+    Sets the thread budget now; the features and the active bundle are loaded in a daemon
+    thread (background=True) so that the child reports for work at once. With background=False
+    only the features are warmed, in the calling thread.
     """
     configure_threads()
     if background:

@@ -1,5 +1,6 @@
 """The speech encoder's default runtime (ONNX Runtime, one pass for every pooled block) gives the
-vectors of the CTranslate2 path the shipped heads were fitted on."""
+vectors the shipped heads were fitted on: CTranslate2's int8 vectors, which match the float32
+encoder's to cosine 0.9999 where they were made (a host with VNNI)."""
 
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ser_worker.models.encoder import (
     load_encoder,
     weights,
 )
+from ser_worker.models.encoder.encoder import _CTranslate2Encoder
 from ser_worker.models.encoder.graph import encoder_graph
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -48,11 +50,23 @@ def test_the_default_is_onnxruntime_and_ctranslate2_stays_callable():
         SpeechEncoder(backend="torch")
 
 
-def test_every_committed_clip_pools_to_the_vector_of_the_ctranslate2_path():
+def _float32_vectors(waveforms: list[np.ndarray]) -> np.ndarray:
+    """The encoder in float32 (CTranslate2): what int8 arithmetic approximates. The heads were
+    fitted on CTranslate2's int8 vectors on a host with VNNI, which match these to cosine
+    0.9999; on a host without VNNI CTranslate2's int8 products saturate (graph.WEIGHT_LEVELS),
+    so its int8 vectors are no reference there."""
+    encoder = SpeechEncoder.__new__(SpeechEncoder)
+    encoder.layers = LAYERS
+    runner = _CTranslate2Encoder(weights.verified_weight_parts(), LAYERS, 1, "float32")
+    encoder._run = runner
+    return encoder.embed(waveforms)
+
+
+def test_every_committed_clip_pools_to_the_float32_vector():
     assert len(COMMITTED_CLIPS) >= 80
     waveforms = [load_audio(path, trim=False) for path in COMMITTED_CLIPS]
     fast = load_encoder(LAYERS, 1, ONNXRUNTIME).embed(waveforms)
-    reference = load_encoder(LAYERS, 1, CTRANSLATE2).embed(waveforms)
+    reference = _float32_vectors(waveforms)
     half = fast.shape[1] // len(LAYERS)
     for block in range(len(LAYERS)):
         part = slice(block * half, (block + 1) * half)
@@ -91,6 +105,23 @@ def test_one_pass_yields_each_pooled_block_and_shallow_blocks_stop_early(arrays)
     assert block_3.shape == block_6.shape == (1, WINDOW_FRAMES // 2, ENCODER_WIDTH)
     np.testing.assert_array_equal(last.run(["block_6"], {"mel": features})[0], block_6)
     assert not np.allclose(block_3, block_6, atol=1e-2)
+
+
+def test_every_int8_weight_fits_in_7_bits_so_no_cpu_saturates(arrays):
+    """Without VNNI a CPU sums pairs of uint8 x int8 products in int16: 255 * 63 * 2 fits,
+    255 * 127 * 2 does not (graph.WEIGHT_LEVELS). Every quantised matrix must use 7 bits."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ser_worker.models.encoder.graph import WEIGHT_LEVELS
+
+    model = onnx.load_from_string(encoder_graph(arrays, (6,)))
+    matrices = [
+        numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("weight_int8")
+    ]
+    assert len(matrices) == 4 * ENCODER_BLOCKS  # attention's two maps and the feed-forward's two
+    assert WEIGHT_LEVELS == 63
+    assert all(m.dtype == np.int8 and np.abs(m).max() == WEIGHT_LEVELS for m in matrices)
 
 
 def test_the_fast_path_refuses_weights_that_are_not_the_pinned_ones(monkeypatch):

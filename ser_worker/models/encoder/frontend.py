@@ -1,4 +1,5 @@
-"""Whisper's input features, computed with librosa, and the windows a clip is cut into.
+"""Whisper's input features, computed as librosa computes them (features.dsp), and the windows
+a clip is cut into.
 
 The encoder sees at most ``WINDOW_SECONDS`` at a time: Whisper's own window is 30 s, mostly padding
 for emotion clips of 2-5 s, and a shorter one costs a fraction as much for nearly the same pooled
@@ -8,11 +9,9 @@ frames are pooled together.
 
 from __future__ import annotations
 
-import functools
-
-import librosa
 import numpy as np
 
+from ser_worker.features import dsp
 from ser_worker.labels import SAMPLE_RATE
 
 N_FFT = 400
@@ -22,19 +21,12 @@ WINDOW_SECONDS = 6
 WINDOW_FRAMES = WINDOW_SECONDS * SAMPLE_RATE // HOP
 
 
-@functools.lru_cache(maxsize=1)
-def _mel_filters() -> np.ndarray:
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS).astype(np.float32)
-
-
 def whisper_log_mel(y: np.ndarray) -> np.ndarray:
     """Whisper's input features (80 log-mel bands, 10 ms hop, scaled to about -1..1) of a
-    16 kHz waveform: the operations of whisper.audio.log_mel_spectrogram, in librosa."""
-    stft = librosa.stft(
-        y.astype(np.float32), n_fft=N_FFT, hop_length=HOP, window="hann", pad_mode="reflect"
-    )
+    16 kHz waveform: the operations of whisper.audio.log_mel_spectrogram, in numpy."""
+    stft = dsp.stft(y.astype(np.float32), N_FFT, HOP, pad_mode="reflect")
     power = np.abs(stft[:, :-1]) ** 2
-    log_spec = np.log10(np.maximum(_mel_filters() @ power, 1e-10))
+    log_spec = np.log10(np.maximum(dsp.mel_filters(SAMPLE_RATE, N_FFT, N_MELS) @ power, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
 

@@ -7,7 +7,8 @@ is an output of the same pass, through the encoder's final layer norm (what CTra
 model returns for it).
 
 Arithmetic follows CTranslate2's ``int8_float32``, which the heads were trained on: weights int8
-per output channel (scale 127 / max |row|), activations quantised on the fly. ONNX Runtime's
+per output channel, activations quantised on the fly; but the weights use 7 bits (scale
+WEIGHT_LEVELS / max |row|), see WEIGHT_LEVELS. ONNX Runtime's
 fused ``DynamicQuantizeMatMul`` quantises a whole activation tensor with one scale; that is
 close enough everywhere but at the feed-forward's second matrix, whose input (GELU outputs) has
 frames far louder than the rest. There each frame gets its own scale, as in CTranslate2. One
@@ -25,6 +26,13 @@ HEADS = 8
 LAYER_NORM_EPSILON = 1e-5
 OPSET = 20  # Gelu and LayerNormalization as standard operators
 PER_FRAME = ("ffn/linear_1",)
+# 7-bit weights. CPUs without VNNI (AVX2 only, or AVX-512 without VNNI) multiply uint8
+# activations by int8 weights in pairs summed into saturating int16 (VPMADDUBSW): 255 * 127 * 2
+# overflows, 255 * 63 * 2 cannot. With 8-bit weights such a host's vectors fell to cosine
+# 0.994 against float32's (CTranslate2's int8 saturates there alike); with 7 bits they are at
+# 0.9997 on every host (docs/RESULTS.md, "Encoder speed"). One graph for every host, so a clip
+# gets the same vector wherever it runs.
+WEIGHT_LEVELS = 63
 
 
 class _Graph:
@@ -63,9 +71,10 @@ class _Graph:
 
     def linear(self, x: str, prefix: str) -> str:
         w = self._arrays[f"{prefix}/weight"]
-        scale = (np.abs(w).max(axis=1) / 127.0).astype(np.float32)
+        scale = (np.abs(w).max(axis=1) / float(WEIGHT_LEVELS)).astype(np.float32)
         scale[scale == 0] = 1.0
-        quantised = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8).T
+        quantised = np.round(w / scale[:, None]).clip(-WEIGHT_LEVELS, WEIGHT_LEVELS)
+        quantised = quantised.astype(np.int8).T
         w_int8 = self.constant(f"{prefix}/weight_int8", quantised)
         w_scale = self.constant(f"{prefix}/weight_scale", scale)
         bias = self.weight(f"{prefix}/bias")
