@@ -51,26 +51,23 @@ def stft(y: np.ndarray, n_fft: int, hop_length: int, pad_mode: str = "constant")
     return spectrum.astype(np.result_type(y.dtype, np.complex64), copy=False)
 
 
-def _hz_to_mel(frequencies: np.ndarray) -> np.ndarray:
-    # Slaney's scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
-    f_sp = 200.0 / 3
-    mels = frequencies / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    if frequencies >= min_log_hz:
-        mels = min_log_mel + np.log(frequencies / min_log_hz) / logstep
-    return mels
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(frequency: float) -> float:
+    if frequency >= _MIN_LOG_HZ:
+        return _MIN_LOG_MEL + np.log(frequency / _MIN_LOG_HZ) / _LOGSTEP
+    return frequency / _F_SP
 
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    f_sp = 200.0 / 3
-    freqs = f_sp * mels
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    log_t = mels >= min_log_mel
-    freqs[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    freqs = _F_SP * mels
+    log_t = mels >= _MIN_LOG_MEL
+    freqs[log_t] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels[log_t] - _MIN_LOG_MEL))
     return freqs
 
 
@@ -80,9 +77,7 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     from 0 Hz to Nyquist, Slaney-normalised, float32, (n_mels, 1 + n_fft // 2). Read-only."""
     weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
     fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
-    min_mel = _hz_to_mel(np.asanyarray(0.0))
-    max_mel = _hz_to_mel(np.asanyarray(float(sample_rate) / 2))
-    mel_f = _mel_to_hz(np.linspace(min_mel, max_mel, n_mels + 2))
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
     fdiff = np.diff(mel_f)
     ramps = np.subtract.outer(mel_f, fftfreqs)
     for i in range(n_mels):

@@ -6,8 +6,8 @@ Right after the fork, `warm_up` (worker_process_init) sets the process's thread 
 hands the slow part (the active bundle, its preprocessing's imports, the speech encoder's graph,
 TensorFlow where a CNN has no ONNX export) to a background thread: Celery kills a child that takes
 longer than worker_proc_alive_timeout (4 s) to report for work, and that part alone takes 2-7 s on
-a busy host. A task that arrives
-before the warm-up is done simply waits for the same imports and the same bundle lock.
+a busy host. A task that arrives before the warm-up is done simply waits for the same imports and
+the same bundle lock.
 """
 
 from __future__ import annotations

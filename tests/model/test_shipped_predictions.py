@@ -23,7 +23,7 @@ REFERENCE = json.loads(REFERENCE_FILE.read_text())
 CLIPS = sorted(REFERENCE["clips"])
 TOLERANCE = 1e-5
 # The encoder runs int8 on ONNX Runtime, which quantises each activation tensor on the fly; its
-# integer products are exact on every CPU since the weights use 7 bits (graph.WEIGHT_LEVELS), but
+# integer products cannot saturate on any CPU, the weights using 7 bits (graph.WEIGHT_LEVELS), but
 # the float steps around them may round differently on another CPU's kernels. This reference was
 # made on an AVX2 host with 7-bit weights: it moved by up to 0.0071 from the one of 8-bit weights
 # on a VNNI host, 0.0028 from CTranslate2's before that. The CNNs are float32.

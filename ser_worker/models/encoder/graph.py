@@ -8,12 +8,11 @@ model returns for it).
 
 Arithmetic follows CTranslate2's ``int8_float32``, which the heads were trained on: weights int8
 per output channel, activations quantised on the fly; but the weights use 7 bits (scale
-WEIGHT_LEVELS / max |row|), see WEIGHT_LEVELS. ONNX Runtime's
-fused ``DynamicQuantizeMatMul`` quantises a whole activation tensor with one scale; that is
-close enough everywhere but at the feed-forward's second matrix, whose input (GELU outputs) has
-frames far louder than the rest. There each frame gets its own scale, as in CTranslate2. One
-scale per tensor is also why a session runs one window at a time: in a batch, a clip's vector
-would depend on the clips beside it.
+WEIGHT_LEVELS / max |row|, see there). ONNX Runtime's fused ``DynamicQuantizeMatMul`` quantises a
+whole activation tensor with one scale; that is close enough everywhere but at the feed-forward's
+second matrix, whose input (GELU outputs) has frames far louder than the rest. There each frame
+gets its own scale, as in CTranslate2. One scale per tensor is also why a session runs one window
+at a time: in a batch, a clip's vector would depend on the clips beside it.
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ OPSET = 20  # Gelu and LayerNormalization as standard operators
 PER_FRAME = ("ffn/linear_1",)
 # 7-bit weights. CPUs without VNNI (AVX2 only, or AVX-512 without VNNI) multiply uint8
 # activations by int8 weights in pairs summed into saturating int16 (VPMADDUBSW): 255 * 127 * 2
-# overflows, 255 * 63 * 2 cannot. With 8-bit weights such a host's vectors fell to cosine
-# 0.994 against float32's (CTranslate2's int8 saturates there alike); with 7 bits they are at
-# 0.9997 on every host (docs/RESULTS.md, "Encoder speed"). One graph for every host, so a clip
-# gets the same vector wherever it runs.
+# overflows, 255 * 63 * 2 cannot. On such a host (an AVX2 AMD EPYC) 8-bit weights gave vectors
+# at cosine 0.994 to float32's (CTranslate2's int8 saturates there alike), 7 bits 0.9997
+# (docs/RESULTS.md, "7-bit weights"). No CPU can saturate them, so one graph serves every host.
 WEIGHT_LEVELS = 63
 
 
