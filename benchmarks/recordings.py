@@ -20,6 +20,8 @@ class JoinedClip:
     emotion: str | None
     start_s: float
     end_s: float
+    # The clip's mean power over the recording's background noise.
+    snr_db: float = float("inf")
 
 
 def join_clips(
@@ -29,15 +31,25 @@ def join_clips(
     seed: int = 0,
     pause_s: tuple[float, float] = (0.5, 2.0),
     noise_rms: float = 0.002,
+    snr_db: float | None = None,
     repeat: int = 1,
 ) -> tuple[np.ndarray, list[JoinedClip]]:
     """(signal at SAMPLE_RATE, the clips in it): each clip after a pause drawn from `pause_s`,
-    `repeat` passes over `paths` in a shuffled order each; a pause closes the recording."""
+    `repeat` passes over `paths` in a shuffled order each; a pause closes the recording.
+
+    The background noise is white, at `noise_rms`, or, with `snr_db`, that far below the
+    recording's speech: the median of its clips' mean power (channel.mix_at_snr's measure), so
+    one noise floor lies under clips as loud and as quiet as they were recorded. A fixed level
+    is a different SNR on every corpus: 0.002 lies 5-39 dB below RAVDESS clips (docs/RESULTS.md,
+    "Timelines")."""
     from ser_worker.audio import load_audio
 
     rng = np.random.default_rng(seed)
     emotions = list(emotions) if emotions is not None else [None] * len(paths)
     decoded = [load_audio(path, trim=True) for path in paths]
+    if snr_db is not None:
+        speech_power = np.median([np.mean(np.square(y, dtype=np.float64)) for y in decoded])
+        noise_rms = float(np.sqrt(speech_power / 10.0 ** (snr_db / 10.0)))
     parts, joined, t = [], [], 0.0
     for _ in range(repeat):
         for i in rng.permutation(len(paths)):
@@ -46,7 +58,9 @@ def join_clips(
             t += len(parts[-1]) / SAMPLE_RATE
             parts.append(decoded[i])
             duration = len(decoded[i]) / SAMPLE_RATE
-            joined.append(JoinedClip(Path(paths[i]), emotions[i], t, t + duration))
+            power = float(np.mean(np.square(decoded[i], dtype=np.float64)))
+            snr = 10 * np.log10(power / noise_rms**2) if noise_rms > 0 else float("inf")
+            joined.append(JoinedClip(Path(paths[i]), emotions[i], t, t + duration, float(snr)))
             t += duration
     parts.append(np.zeros(int(pause_s[1] * SAMPLE_RATE), np.float32))
     signal = np.concatenate(parts)

@@ -1,5 +1,6 @@
 """How well the timeline finds and classifies speech: recordings built from real labelled clips
-(edge silence trimmed, joined with 0.5-2 s pauses over low background noise), segmented as the
+(edge silence trimmed, joined with 0.5-2 s pauses over low background noise: white, 30 dB below
+the recording's median clip by default), segmented as the
 worker segments them (a chunk at a time), then each clip's segment classified by the shipped
 bundle and compared with the same clip classified alone.
 
@@ -196,6 +197,17 @@ def main() -> None:
         nargs="*",
         help="classify with each of these SER_SEGMENT_CONTEXT_S values (default: as set)",
     )
+    parser.add_argument(
+        "--snr",
+        type=float,
+        default=30.0,
+        help="background noise this many dB below the recording's median clip (mean power)",
+    )
+    parser.add_argument(
+        "--noise-rms",
+        type=float,
+        help="background noise at this fixed RMS instead (the figures before 2026-12-07: 0.002)",
+    )
     parser.add_argument("--segmentation-only", action="store_true")
     parser.add_argument(
         "--bundle",
@@ -222,9 +234,11 @@ def main() -> None:
             [c.path for c in clips[i : i + CLIPS_PER_RECORDING]],
             [c.emotion for c in clips[i : i + CLIPS_PER_RECORDING]],
             seed=args.seed + i,
+            **({"noise_rms": args.noise_rms} if args.noise_rms else {"snr_db": args.snr}),
         )
         for i in range(0, len(clips), CLIPS_PER_RECORDING)
     ]
+    snrs = np.array([clip.snr_db for _, joined in recordings for clip in joined])
     audio_s = sum(signal.size for signal, _ in recordings) / SAMPLE_RATE
     flac = sum(len(flac_bytes(signal)) for signal, _ in recordings)
     base = SegmentSettings.from_settings()
@@ -236,6 +250,14 @@ def main() -> None:
         "recordings": len(recordings),
         "audio_s": audio_s,
         "flac_mb_per_hour": flac / audio_s * 3600 / 1e6,
+        "noise": {"rms": args.noise_rms} if args.noise_rms else {"snr_db": args.snr},
+        "clip_snr_db_quantiles": dict(
+            zip(
+                ("p5", "p25", "p50", "p75", "p95"),
+                np.quantile(snrs, [0.05, 0.25, 0.5, 0.75, 0.95]).round(1).tolist(),
+                strict=True,
+            )
+        ),
         "settings": base.__dict__,
         "by_threshold_and_pad": {
             f"{t}/{pad}": measure(recordings, replace(base, threshold=t, pad_s=pad), edges)

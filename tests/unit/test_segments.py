@@ -81,6 +81,24 @@ def test_real_clips_joined_with_pauses_are_found_one_segment_each():
     assert all(s.duration_s <= SETTINGS.window_s for s in found)
 
 
+def test_joined_clips_lie_the_asked_snr_above_the_background_noise():
+    paths = [clip.path for clip in load_dataset(TEST_DATA).clips][:5]
+    signal, joined = join_clips(paths, seed=6, snr_db=20.0)
+    # The closing pause (the longest pause) is noise alone.
+    tail = signal[-int(2.0 * SAMPLE_RATE) :]
+    speech_power = np.median(
+        [
+            np.mean(np.square(signal[int(c.start_s * SAMPLE_RATE) : int(c.end_s * SAMPLE_RATE)]))
+            for c in joined
+        ]
+    )
+    measured = 10 * np.log10(speech_power / np.mean(np.square(tail)))
+    assert measured == pytest.approx(20.0, abs=0.5)
+    assert np.median([c.snr_db for c in joined]) == pytest.approx(20.0, abs=0.01)
+    quieter, _ = join_clips(paths, seed=6, snr_db=40.0)
+    assert np.std(quieter[-int(2.0 * SAMPLE_RATE) :]) == pytest.approx(np.std(tail) / 10, rel=0.02)
+
+
 def test_chunked_feeding_finds_the_same_segments_as_one_call():
     dataset = load_dataset(TEST_DATA)
     signal, _ = join_clips([clip.path for clip in dataset.clips][:4], seed=4)
