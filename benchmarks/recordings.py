@@ -40,16 +40,16 @@ def join_clips(
     The background noise is white, at `noise_rms`, or, with `snr_db`, that far below the
     recording's speech: the median of its clips' mean power (channel.mix_at_snr's measure), so
     one noise floor lies under clips as loud and as quiet as they were recorded. A fixed level
-    is a different SNR on every corpus: 0.002 lies 5-39 dB below RAVDESS clips (docs/RESULTS.md,
-    "Timelines")."""
+    is a different SNR on every corpus: 0.002 lies 2-37 dB (5th-95th percentile) below RAVDESS
+    actors 18-20's clips (docs/RESULTS.md, "Timelines")."""
     from ser_worker.audio import load_audio
 
     rng = np.random.default_rng(seed)
     emotions = list(emotions) if emotions is not None else [None] * len(paths)
     decoded = [load_audio(path, trim=True) for path in paths]
+    powers = [float(np.mean(np.square(y, dtype=np.float64))) for y in decoded]
     if snr_db is not None:
-        speech_power = np.median([np.mean(np.square(y, dtype=np.float64)) for y in decoded])
-        noise_rms = float(np.sqrt(speech_power / 10.0 ** (snr_db / 10.0)))
+        noise_rms = float(np.sqrt(np.median(powers) / 10.0 ** (snr_db / 10.0)))
     parts, joined, t = [], [], 0.0
     for _ in range(repeat):
         for i in rng.permutation(len(paths)):
@@ -58,8 +58,7 @@ def join_clips(
             t += len(parts[-1]) / SAMPLE_RATE
             parts.append(decoded[i])
             duration = len(decoded[i]) / SAMPLE_RATE
-            power = float(np.mean(np.square(decoded[i], dtype=np.float64)))
-            snr = 10 * np.log10(power / noise_rms**2) if noise_rms > 0 else float("inf")
+            snr = 10 * np.log10(powers[i] / noise_rms**2) if noise_rms > 0 else float("inf")
             joined.append(JoinedClip(Path(paths[i]), emotions[i], t, t + duration, float(snr)))
             t += duration
     parts.append(np.zeros(int(pause_s[1] * SAMPLE_RATE), np.float32))

@@ -229,12 +229,13 @@ def main() -> None:
     from ser_worker.service.recordings import flac_bytes
 
     clips = pick_clips(args.data, args.clips, args.seed, args.speakers)
+    noise = {"noise_rms": args.noise_rms} if args.noise_rms is not None else {"snr_db": args.snr}
     recordings = [
         join_clips(
             [c.path for c in clips[i : i + CLIPS_PER_RECORDING]],
             [c.emotion for c in clips[i : i + CLIPS_PER_RECORDING]],
             seed=args.seed + i,
-            **({"noise_rms": args.noise_rms} if args.noise_rms else {"snr_db": args.snr}),
+            **noise,
         )
         for i in range(0, len(clips), CLIPS_PER_RECORDING)
     ]
@@ -250,7 +251,7 @@ def main() -> None:
         "recordings": len(recordings),
         "audio_s": audio_s,
         "flac_mb_per_hour": flac / audio_s * 3600 / 1e6,
-        "noise": {"rms": args.noise_rms} if args.noise_rms else {"snr_db": args.snr},
+        "noise": noise,
         "clip_snr_db_quantiles": dict(
             zip(
                 ("p5", "p25", "p50", "p75", "p95"),
