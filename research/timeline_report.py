@@ -183,6 +183,14 @@ def classify(recordings, settings, bundle) -> dict:
     }
 
 
+def pause_rule(settings, rule: str):
+    """`settings` with the pause rules of "MIN_SILENCE/FRAGMENT/FRAGMENT_PAUSE" (seconds)."""
+    min_silence, fragment, fragment_pause = (float(x) for x in rule.split("/"))
+    return replace(
+        settings, min_silence_s=min_silence, fragment_s=fragment, fragment_pause_s=fragment_pause
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -191,6 +199,14 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.25, 0.35, 0.5])
     parser.add_argument("--pads", type=float, nargs="*", default=[0.1, 0.2])
     parser.add_argument("--pad", type=float, help="the classified segments' pad (default: as set)")
+    parser.add_argument(
+        "--pause-rules",
+        nargs="*",
+        default=[],
+        metavar="MIN_SILENCE/FRAGMENT/FRAGMENT_PAUSE",
+        help="also segment with each of these SER_VAD_MIN_SILENCE_S / SER_VAD_FRAGMENT_S / "
+        "SER_VAD_FRAGMENT_PAUSE_S (e.g. 0.3/0/0: no fragment rule), default threshold and pad",
+    )
     parser.add_argument(
         "--context",
         type=float,
@@ -264,6 +280,9 @@ def main() -> None:
             f"{t}/{pad}": measure(recordings, replace(base, threshold=t, pad_s=pad), edges)
             for t in args.thresholds
             for pad in args.pads
+        },
+        "by_pause_rule": {
+            rule: measure(recordings, pause_rule(base, rule), edges) for rule in args.pause_rules
         },
     }
     if not args.segmentation_only:

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     vad_min_silence_s: float = Field(
         0.3, ge=0, description="Pauses shorter than this do not split a speech segment."
     )
+    vad_fragment_s: float = Field(
+        0.75,
+        ge=0,
+        description="Speech shorter than this is a fragment: it stays with the speech next to it "
+        "across a pause shorter than SER_VAD_FRAGMENT_PAUSE_S (0 = off).",
+    )
+    vad_fragment_pause_s: float = Field(
+        1.0, ge=0, description="Longest pause a fragment is joined across."
+    )
     segment_window_s: float = Field(
         6.0, gt=1, description="Longest segment: longer speech runs are cut into windows."
     )

@@ -3,7 +3,10 @@
 A voice-activity detector (Silero VAD, the ONNX file the ``faster-whisper`` package ships, run on
 onnxruntime) gives a speech probability per 32 ms frame; frames above the threshold are speech,
 and a run ends only where the probability stays below a lower one (hysteresis) for at least
-``min_silence_s``: the short pauses inside a sentence do not split it. A run longer than the
+``min_silence_s``: the short pauses inside a sentence do not split it. Nor does a longer pause
+(up to ``fragment_pause_s``) next to a run shorter than ``fragment_s``: a word broken off a
+sentence stays with it, and no segment is a fragment too short for the models to read emotion
+from. A run longer than the
 models' window is cut into overlapping windows, so no segment is longer than what the members
 were trained to read and no speech falls between two windows.
 
@@ -40,6 +43,20 @@ class SegmentSettings:
     # clips with their lead-in and trailing silence, and read a segment cut tight to the speech
     # as a different kind of input (docs/RESULTS.md, "Timelines").
     context_s: float = 0.0
+    # A pause shorter than fragment_pause_s does not split where the speech on either side of it
+    # is shorter than fragment_s (0: off). Actors break a word off a sentence for 0.5-0.8 s,
+    # longer than the pauses between some sentences (docs/RESULTS.md, "Timelines").
+    fragment_s: float = 0.0
+    fragment_pause_s: float = 0.0
+
+    @property
+    def horizon_s(self) -> float:
+        """How far after a run later audio can still join something to it."""
+        if not self.fragment_s:
+            return self.min_silence_s
+        # The next run starts within fragment_pause_s; whether it is a blip, a fragment or longer
+        # is known once that much of it is heard, or once it has ended for min_silence_s.
+        return self.fragment_pause_s + max(self.fragment_s, self.min_speech_s) + self.min_silence_s
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SegmentSettings:
@@ -51,6 +68,8 @@ class SegmentSettings:
             overlap_s=min(settings.segment_overlap_s, settings.segment_window_s / 2),
             min_speech_s=settings.min_duration_s,
             context_s=settings.segment_context_s,
+            fragment_s=settings.vad_fragment_s,
+            fragment_pause_s=settings.vad_fragment_pause_s,
         )
 
 
@@ -117,7 +136,8 @@ class SpeechDetector:
     def settled(self) -> list[Segment]:
         """The segments no later audio can change, in order: a prefix of what ``segments`` will
         return once the whole recording is fed. A speech run is settled once more than a pause,
-        both pads and a frame lie after it (a run still going may yet grow, and so re-window)."""
+        both pads and a frame lie after it (a run still going may yet grow, and so re-window); the
+        pause is ``horizon_s``, which a fragment can bridge."""
         if not self._probabilities:
             return []
         probabilities = np.concatenate(self._probabilities)
@@ -126,7 +146,7 @@ class SpeechDetector:
             probabilities, probabilities.size * FRAME, self.settings
         )
         reach = self.settings.pad_s + max(self.settings.pad_s, self.settings.context_s)
-        cutoff = fed_s - (self.settings.min_silence_s + 2 * reach + 2 * FRAME_S)
+        cutoff = fed_s - (self.settings.horizon_s + 2 * reach + 2 * FRAME_S)
         # Windows of one run touch or overlap each other: a run is the chain they form.
         keep = len(found)
         while keep and found[keep - 1].end_s >= cutoff:
@@ -157,8 +177,7 @@ def segments_from_probabilities(
     each with the span its models read (`Segment.context`)."""
     duration_s = n_samples / SAMPLE_RATE
     runs = _speech_runs(probabilities, settings)
-    runs = _bridge(runs, settings.min_silence_s)
-    runs = [(start, end) for start, end in runs if end - start >= settings.min_speech_s]
+    runs = _bridge(runs, settings)
     segments: list[Segment] = []
     padded = _pad(runs, settings.pad_s, duration_s)
     for (start, end), (before, after) in zip(
@@ -191,13 +210,34 @@ def _speech_runs(probabilities: np.ndarray, settings: SegmentSettings) -> list[t
     return runs
 
 
-def _bridge(runs: list[tuple[float, float]], min_silence_s: float) -> list[tuple[float, float]]:
+def _bridge(
+    runs: list[tuple[float, float]], settings: SegmentSettings
+) -> list[tuple[float, float]]:
+    """Runs joined across short pauses; blips too short to be a clip dropped (a click is not a
+    fragment of speech); then runs joined across the longer pauses next to a fragment. Each pause
+    is judged by the two runs beside it alone, so later audio changes only the runs near it
+    (SpeechDetector.settled)."""
+
+    def short_pause(before, after) -> bool:
+        return after[0] - before[1] < settings.min_silence_s
+
+    def beside_a_fragment(before, after) -> bool:
+        shortest = min(before[1] - before[0], after[1] - after[0])
+        return after[0] - before[1] < settings.fragment_pause_s and shortest < settings.fragment_s
+
+    runs = _join(runs, short_pause)
+    runs = [(start, end) for start, end in runs if end - start >= settings.min_speech_s]
+    return _join(runs, beside_a_fragment)
+
+
+def _join(runs: list[tuple[float, float]], joined) -> list[tuple[float, float]]:
+    """Consecutive runs merged wherever joined(run, next run) holds."""
     merged: list[tuple[float, float]] = []
-    for start, end in runs:
-        if merged and start - merged[-1][1] < min_silence_s:
-            merged[-1] = (merged[-1][0], end)
+    for i, run in enumerate(runs):
+        if merged and joined(runs[i - 1], run):
+            merged[-1] = (merged[-1][0], run[1])
         else:
-            merged.append((start, end))
+            merged.append(run)
     return merged
 
 

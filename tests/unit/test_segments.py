@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.recordings import join_clips, silence
+from ser_worker import segments
 from ser_worker.datasets import load_dataset
 from ser_worker.labels import SAMPLE_RATE
 from ser_worker.segments import (
@@ -23,6 +24,7 @@ TEST_DATA = Path(__file__).resolve().parents[1] / "data"
 SETTINGS = SegmentSettings(
     threshold=0.5, min_silence_s=0.3, window_s=6.0, overlap_s=1.5, min_speech_s=0.25
 )
+FRAGMENTS = replace(SETTINGS, fragment_s=0.75, fragment_pause_s=1.0)
 
 
 def _frames(*pattern: tuple[float, float]) -> np.ndarray:
@@ -30,9 +32,9 @@ def _frames(*pattern: tuple[float, float]) -> np.ndarray:
     return np.concatenate([np.full(round(s / FRAME_S), p, np.float32) for s, p in pattern])
 
 
-def _segments(probabilities: np.ndarray) -> list[tuple[float, float]]:
+def _segments(probabilities: np.ndarray, settings=SETTINGS) -> list[tuple[float, float]]:
     n = len(probabilities) * FRAME
-    return [(s.start_s, s.end_s) for s in segments_from_probabilities(probabilities, n, SETTINGS)]
+    return [(s.start_s, s.end_s) for s in segments_from_probabilities(probabilities, n, settings)]
 
 
 def test_a_pause_shorter_than_the_minimum_does_not_split():
@@ -58,6 +60,24 @@ def test_a_long_run_becomes_overlapping_windows_no_longer_than_the_window():
     )
     assert found[0][0] == pytest.approx(0.9, abs=0.05)
     assert found[-1][1] == pytest.approx(21.1, abs=0.05)
+
+
+def test_a_fragment_stays_with_the_sentence_it_was_broken_off():
+    sentence, fragment = (1.5, 0.9), (0.5, 0.9)
+    broken = _frames((1, 0.0), fragment, (0.6, 0.05), sentence, (1, 0.0))
+    assert len(_segments(broken)) == 2  # the pause is longer than min_silence_s
+    assert len(_segments(broken, FRAGMENTS)) == 1
+    # Two sentences keep the same pause between them, and a fragment further off stands alone.
+    assert len(_segments(_frames((1, 0.0), sentence, (0.6, 0.05), sentence), FRAGMENTS)) == 2
+    assert len(_segments(_frames((1, 0.0), fragment, (1.2, 0.05), sentence), FRAGMENTS)) == 2
+
+
+def test_a_click_does_not_join_the_sentences_around_it():
+    sentence, click = (1.5, 0.9), (0.1, 0.9)
+    found = _segments(
+        _frames((1, 0.0), sentence, (0.6, 0.05), click, (0.6, 0.05), sentence), FRAGMENTS
+    )
+    assert len(found) == 2
 
 
 def test_blips_shorter_than_a_clip_are_not_segments():
@@ -149,13 +169,14 @@ def test_windows_of_a_long_run_take_context_only_at_the_run_edges():
         assert inner.read_span == (inner.start_s, inner.end_s)
 
 
+@pytest.mark.parametrize("settings", [SETTINGS, FRAGMENTS], ids=["pauses", "fragments"])
 @pytest.mark.parametrize("context_s", [0.0, 0.5])
-def test_settled_segments_are_a_prefix_of_the_final_ones(context_s):
+def test_settled_segments_are_a_prefix_of_the_final_ones(context_s, settings):
     """What a worker commits and fans out while it is still decoding never changes later, the
     span its models read included."""
     dataset = load_dataset(TEST_DATA)
     signal, _ = join_clips([clip.path for clip in dataset.clips], seed=5, pause_s=(0.2, 1.0))
-    detector = SpeechDetector(replace(SETTINGS, context_s=context_s))
+    detector = SpeechDetector(replace(settings, context_s=context_s))
     seen = []
     for start in range(0, signal.size, 3 * SAMPLE_RATE):
         detector.feed(signal[start : start + 3 * SAMPLE_RATE])
@@ -165,3 +186,32 @@ def test_settled_segments_are_a_prefix_of_the_final_ones(context_s):
     for settled in seen:
         assert final[: len(settled)] == settled
         assert [s.read_span for s in final[: len(settled)]] == [s.read_span for s in settled]
+
+
+@pytest.mark.parametrize("context_s", [0.0, 0.5])
+@pytest.mark.parametrize("seed", range(8))
+def test_settled_segments_never_change_whatever_speech_follows(monkeypatch, seed, context_s):
+    """Speech, fragments, clicks and pauses of lengths either side of every limit, fed in chunks
+    of any size: no later audio changes a settled segment."""
+    # Each frame's samples hold the probability the detector is to give it.
+    monkeypatch.setattr(segments, "frame_probabilities", lambda y: y.reshape(-1, FRAME).mean(1))
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for _ in range(40):
+        pieces.append((rng.choice([0.2, 0.35, 0.6, 0.95, 1.1, 1.6, 2.5]), 0.05))
+        pieces.append((rng.choice([0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.5, 3.0, 8.0]), 0.9))
+    signal = np.repeat(_frames(*pieces), FRAME)
+    settings = replace(FRAGMENTS, context_s=context_s)
+    detector = SpeechDetector(settings)
+    start, seen = 0, []
+    while start < signal.size:
+        step = FRAME * int(rng.integers(1, 120))
+        detector.feed(signal[start : start + step])
+        start += step
+        seen.append(detector.settled())
+    final = detector.segments()
+    assert final == segments_from_probabilities(_frames(*pieces), signal.size, settings)
+    for settled in seen:
+        assert final[: len(settled)] == settled
+        assert [s.read_span for s in final[: len(settled)]] == [s.read_span for s in settled]
+    assert max(len(settled) for settled in seen) >= len(final) // 2
