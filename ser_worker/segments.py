@@ -5,10 +5,9 @@ onnxruntime) gives a speech probability per 32 ms frame; frames above the thresh
 and a run ends only where the probability stays below a lower one (hysteresis) for at least
 ``min_silence_s``: the short pauses inside a sentence do not split it. Nor does a longer pause
 (up to ``fragment_pause_s``) next to a run shorter than ``fragment_s``: a word broken off a
-sentence stays with it, and no segment is a fragment too short for the models to read emotion
-from. A run longer than the
-models' window is cut into overlapping windows, so no segment is longer than what the members
-were trained to read and no speech falls between two windows.
+sentence stays with it rather than becoming a segment too short to read emotion from. A run
+longer than the models' window is cut into overlapping windows, so no segment is longer than
+what the members were trained to read and no speech falls between two windows.
 
 The probabilities can be computed a chunk at a time (``SpeechDetector``), so a recording of hours
 is never held whole in memory.
