@@ -61,6 +61,26 @@ def corpora(data: Path) -> tuple[list, list]:
     return load_dataset(data / "ravdess").clips, load_dataset(data / "tess").clips
 
 
+def clips_by_speaker(clips) -> dict[str, list[int]]:
+    by_speaker: dict[str, list[int]] = {}
+    for i, clip in enumerate(clips):
+        by_speaker.setdefault(clip.speaker, []).append(i)
+    return by_speaker
+
+
+def conditioned(i: int, condition: str, clips, decoded, by_speaker) -> np.ndarray:
+    """Clip `i` (decoded[i]) under `condition`: one of CONDITIONS, or a training copy (copyK)
+    through a random channel, drawn the same way in every run."""
+    rng = clip_rng(clips[i].path, condition)
+    if not condition.startswith("copy"):
+        return CONDITIONS[condition](decoded[i], rng)
+    # Babble for a training copy comes from the same speaker's other clips: no voice crosses a
+    # speaker split, and the talker underneath says other things in other emotions.
+    others = [decoded[j] for j in by_speaker[clips[i].speaker] if j != i]
+    pool = others[:: max(1, len(others) // channel.BABBLE_POOL)]
+    return channel.random_channel(decoded[i], rng, pool)
+
+
 def make_bank(data: Path, out: Path, copies: int, only: list[str] | None = None) -> None:
     from ser_worker.audio import load_audio
     from ser_worker.bundle import load_bundle
@@ -76,11 +96,7 @@ def make_bank(data: Path, out: Path, copies: int, only: list[str] | None = None)
     started = time.perf_counter()
     decoded = [load_audio(clip.path, trim=False) for clip in clips]
     log.info("decoded %d clips in %.0f s", len(clips), time.perf_counter() - started)
-    # Babble for a training copy comes from the same speaker's other clips: no voice crosses a
-    # speaker split, and the talker underneath says other things in other emotions.
-    by_speaker: dict[str, list[int]] = {}
-    for i, clip in enumerate(clips):
-        by_speaker.setdefault(clip.speaker, []).append(i)
+    by_speaker = clips_by_speaker(clips)
     shipped = load_bundle(shipped_bundle_bytes())
     preprocessing = {"raw": Preprocessing(), "level": CURRENT_PREPROCESSING}
     out.mkdir(parents=True, exist_ok=True)
@@ -94,13 +110,7 @@ def make_bank(data: Path, out: Path, copies: int, only: list[str] | None = None)
             batch = range(start, min(start + 64, len(clips)))
             prepared = []
             for i in batch:
-                rng = clip_rng(clips[i].path, condition)
-                if condition.startswith("copy"):
-                    others = [decoded[j] for j in by_speaker[clips[i].speaker] if j != i]
-                    pool = others[:: max(1, len(others) // channel.BABBLE_POOL)]
-                    y = channel.random_channel(decoded[i], rng, pool)
-                else:
-                    y = CONDITIONS[condition](decoded[i], rng)
+                y = conditioned(i, condition, clips, decoded, by_speaker)
                 prepared.append(prepare_clip(y, SAMPLE_RATE, preprocessing[kind]))
             v = embed([p.encoder for p in prepared], LAYERS)
             features = [extract(p.cnn, shipped.feature_settings) for p in prepared]

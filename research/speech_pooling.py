@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from research.common import DATA
-from research.robustness_bank import CONDITIONS, clip_rng, corpora
+from research.robustness_bank import clips_by_speaker, conditioned, corpora
 
 log = logging.getLogger("pooling")
 POOLINGS = ("all", "speech", "soft")
@@ -83,7 +83,6 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
     from ser_worker.audio import load_audio
     from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
     from ser_worker.bundle.preprocess import prepare_clip
-    from ser_worker.features import channel
     from ser_worker.labels import SAMPLE_RATE
     from ser_worker.models.encoder import LAYERS, load_encoder
     from ser_worker.models.encoder.frontend import encoder_windows
@@ -93,9 +92,7 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
     vad = SegmentSettings.from_settings()
     clips = [clip for corpus in corpora(data) for clip in corpus]
     decoded = [load_audio(clip.path, trim=False) for clip in clips]
-    by_speaker: dict[str, list[int]] = {}
-    for i, clip in enumerate(clips):
-        by_speaker.setdefault(clip.speaker, []).append(i)
+    by_speaker = clips_by_speaker(clips)
     encoder = load_encoder(tuple(LAYERS), 2)
     out.mkdir(parents=True, exist_ok=True)
     for condition in conditions:
@@ -108,13 +105,7 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
             batch = range(start, min(start + 64, len(clips)))
             waveforms = []
             for i in batch:
-                rng = clip_rng(clips[i].path, condition)
-                if condition.startswith("copy"):
-                    others = [decoded[j] for j in by_speaker[clips[i].speaker] if j != i]
-                    pool = others[:: max(1, len(others) // channel.BABBLE_POOL)]
-                    y = channel.random_channel(decoded[i], rng, pool)
-                else:
-                    y = CONDITIONS[condition](decoded[i], rng)
+                y = conditioned(i, condition, clips, decoded, by_speaker)
                 waveforms.append(prepare_clip(y, SAMPLE_RATE, CURRENT_PREPROCESSING).encoder)
             # The encoder's frames per clip and pooled block, as SpeechEncoder.embed gathers them.
             windows = [(c, w) for c, y in enumerate(waveforms) for w in encoder_windows(y)]
