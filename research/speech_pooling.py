@@ -85,8 +85,6 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
     from ser_worker.bundle.preprocess import prepare_clip
     from ser_worker.labels import SAMPLE_RATE
     from ser_worker.models.encoder import LAYERS, load_encoder
-    from ser_worker.models.encoder.frontend import encoder_windows
-    from ser_worker.models.encoder.weights import ENCODER_STRIDE
     from ser_worker.segments import SegmentSettings
 
     vad = SegmentSettings.from_settings()
@@ -100,28 +98,16 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
             continue
         started = time.perf_counter()
         vectors = {name: [] for name in POOLINGS}
-        speech_share = []
         for start in range(0, len(clips), 64):
             batch = range(start, min(start + 64, len(clips)))
             waveforms = []
             for i in batch:
                 y = conditioned(i, condition, clips, decoded, by_speaker)
                 waveforms.append(prepare_clip(y, SAMPLE_RATE, CURRENT_PREPROCESSING).encoder)
-            # The encoder's frames per clip and pooled block, as SpeechEncoder.embed gathers them.
-            windows = [(c, w) for c, y in enumerate(waveforms) for w in encoder_windows(y)]
-            frames = [[[] for _ in LAYERS] for _ in waveforms]
-            for s in range(0, len(windows), encoder._run.batch_windows):
-                part = windows[s : s + encoder._run.batch_windows]
-                outputs = encoder._run(np.stack([f for _, (f, _) in part]))
-                for layer, encoded in enumerate(outputs):
-                    for (c, (_, valid)), o in zip(part, encoded, strict=True):
-                        frames[c][layer].append(o[: (valid + 1) // ENCODER_STRIDE])
-            for c, y in enumerate(waveforms):
-                blocks = [np.concatenate(parts) for parts in frames[c]]
+            for y, blocks in zip(waveforms, encoder.frames(waveforms), strict=True):
                 hard, soft = speech_weights(y, len(blocks[0]), vad.threshold, vad.pad_s)
                 if hard.sum() < MIN_SPEECH_FRAMES:
                     hard = np.ones_like(hard)
-                speech_share.append(float(hard.mean()))
                 ones = np.ones(len(blocks[0]), np.float32)
                 for name, w in (
                     ("all", ones),
@@ -132,7 +118,6 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
         np.savez(
             out / f"{condition}.npz",
             paths=np.array([str(clip.path) for clip in clips]),
-            speech_share=np.array(speech_share, np.float32),
             **{name: np.stack(v) for name, v in vectors.items()},
         )
         log.info("%s: %d clips in %.0f s", condition, len(clips), time.perf_counter() - started)

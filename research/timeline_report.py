@@ -79,12 +79,20 @@ def match(joined, segments) -> list[dict]:
     return out
 
 
+def high_passed(y: np.ndarray, hz: float) -> np.ndarray:
+    """`y` (SAMPLE_RATE) through a 4th-order Butterworth high-pass at `hz`, zero phase."""
+    from scipy import signal
+
+    return signal.sosfiltfilt(
+        signal.butter(4, hz, "highpass", fs=SAMPLE_RATE, output="sos"), y
+    ).astype(np.float32)
+
+
 def speech_edges(joined, highpass_hz: float | None = None) -> dict[Path, tuple[float, float]]:
     """Where the voice is inside each clip: its edges trimmed at SPEECH_TOP_DB below the peak
     (the files keep room noise within 60 dB of the speech, which a detector rightly leaves out),
     measured on the clip high-passed at `highpass_hz` when given."""
     import librosa
-    from scipy import signal
 
     from ser_worker.audio import load_audio
 
@@ -92,8 +100,7 @@ def speech_edges(joined, highpass_hz: float | None = None) -> dict[Path, tuple[f
     for clip in joined:
         y = load_audio(clip.path, trim=True)
         if highpass_hz:
-            sos = signal.butter(4, highpass_hz, "highpass", fs=SAMPLE_RATE, output="sos")
-            y = signal.sosfiltfilt(sos, y).astype(np.float32)
+            y = high_passed(y, highpass_hz)
         _, (start, end) = librosa.effects.trim(y, top_db=SPEECH_TOP_DB)
         edges[clip.path] = (start / SAMPLE_RATE, (len(y) - end) / SAMPLE_RATE)
     return edges

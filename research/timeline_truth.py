@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from research.timeline_report import SPEECH_TOP_DB, VOICE_BAND_HZ
+from research.timeline_report import SPEECH_TOP_DB, VOICE_BAND_HZ, high_passed
 from ser_worker.labels import SAMPLE_RATE
 
 # Validation actors' clips (15-17) whose 30 dB edges lay far outside the detector's segment.
@@ -32,15 +32,13 @@ def plot(paths: list[Path], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy import signal
 
     from ser_worker.audio import load_audio
 
-    sos = signal.butter(4, VOICE_BAND_HZ, "highpass", fs=SAMPLE_RATE, output="sos")
     fig, axes = plt.subplots(len(paths), 2, figsize=(12, 2.3 * len(paths)), squeeze=False)
     for (left, right), path in zip(axes, paths, strict=True):
         y = load_audio(path, trim=True)
-        band = signal.sosfiltfilt(sos, y).astype(np.float32)
+        band = high_passed(y, VOICE_BAND_HZ)
         seconds = len(y) / SAMPLE_RATE
         spectrum = librosa.amplitude_to_db(
             np.abs(librosa.stft(y, n_fft=4096, hop_length=256)), ref=np.max

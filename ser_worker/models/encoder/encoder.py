@@ -155,24 +155,27 @@ class SpeechEncoder:
                 "pip install -e ."
             ) from exc
 
-    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+    def frames(self, waveforms: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """frames[clip][layer]: that pooled block's output frames over the whole clip (time,
+        ENCODER_WIDTH), window after window."""
         windows = [
             (clip, window) for clip, y in enumerate(waveforms) for window in encoder_windows(y)
         ]
-        # frames[clip][layer]: that block's output frames, window after window.
-        frames: list[list[list[np.ndarray]]] = [[[] for _ in self.layers] for _ in waveforms]
+        parts: list[list[list[np.ndarray]]] = [[[] for _ in self.layers] for _ in waveforms]
         step = self._run.batch_windows
         for start in range(0, len(windows), step):
             batch = windows[start : start + step]
             outputs = self._run(np.stack([features for _, (features, _) in batch]))
             for layer, encoded in enumerate(outputs):
                 for (clip, (_, valid)), out in zip(batch, encoded, strict=True):
-                    frames[clip][layer].append(out[: (valid + 1) // ENCODER_STRIDE])
+                    parts[clip][layer].append(out[: (valid + 1) // ENCODER_STRIDE])
+        return [[np.concatenate(layer) for layer in clip] for clip in parts]
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        frames = self.frames(waveforms)
         if not frames:
             return np.zeros((0, embedding_size(self.layers)), np.float32)
-        return np.stack(
-            [np.concatenate([pool(np.concatenate(parts)) for parts in clip]) for clip in frames]
-        )
+        return np.stack([np.concatenate([pool(layer) for layer in clip]) for clip in frames])
 
 
 @functools.lru_cache(maxsize=4)
