@@ -30,7 +30,7 @@ if not __package__:  # run as a file: import research.* as `python -m research.d
 
 from research.common import REPO, RESULTS, run_file, run_key
 from research.protocols import MODELS
-from ser_worker.labels import CNN1D, CNN2D, ENCODER, ENSEMBLE
+from ser_worker.labels import CNN1D, CNN2D, ENCODER, ENSEMBLE, POOL_ALL
 
 RECORD = REPO / "research" / "default_model_recipe.json"
 
@@ -79,6 +79,9 @@ class DefaultModelRecipe(BaseModel):
     monitor_every: int
     seed: int
     encoder_layers: tuple[int, ...]
+    # How the head's vectors pool the encoder's frames (ser_worker.models.encoder.pooling); the
+    # encoder runs must be of the same pooling.
+    encoder_pooling: str = POOL_ALL
     head_strength: float  # C of the encoder's logistic-regression head
     # Channel copies of every clip the heads also learn from (features.channel); the encoder
     # runs are then research.robustness's rows of that recipe.
@@ -125,12 +128,21 @@ class DefaultModelRecipe(BaseModel):
     def verified(self, repo: Path = REPO) -> FoldRuns:
         """The runs, once they give the recorded weights and the encoder pools the service's
         blocks."""
-        from ser_worker.models.encoder import LAYERS
+        from ser_worker.models.encoder import LAYERS, POOLING
 
         if self.encoder_layers != LAYERS:
             raise RecipeError(
                 f"the record pools blocks {self.encoder_layers}, the service {LAYERS}"
             )
+        if self.encoder_pooling != POOLING:
+            raise RecipeError(f"the record pools {self.encoder_pooling!r}, the service {POOLING!r}")
+        for rows in (self.encoder_runs.read(repo), self.adapted_rows(repo)):
+            # Rows from before the pooling was recorded pooled every frame alike.
+            pooled = {row.get("recipe", {}).get("pooling", POOL_ALL) for row in rows}
+            if pooled - {self.encoder_pooling}:
+                raise RecipeError(
+                    f"the record pools {self.encoder_pooling!r}, its encoder runs {sorted(pooled)}"
+                )
         runs = self.runs(repo)
         derived = derived_weights(runs)
         recorded = (self.cnn_weights, self.encoder_share, self.ensemble_weights)

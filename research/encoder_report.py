@@ -37,7 +37,7 @@ from research.common import DATA, RESULTS, cell, fill_report, run_file
 from research.default_model import DefaultModelRecipe
 from research.protocols import FOLDS, experiments
 from ser_worker.evaluation.ensemble import mix
-from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE
+from ser_worker.labels import EMOTIONS, ENCODER, ENSEMBLE, POOL_ALL
 from ser_worker.models.encoder import LAYERS, check_layers, embedding_size
 
 OUT = RESULTS / "encoder" / "runs.json"
@@ -74,7 +74,8 @@ def embed(args: argparse.Namespace) -> None:
     for start in range(0, len(clips), 32):
         batch = clips[start : start + 32]
         waveforms = [load_audio(clip.path, trim=args.trim) for clip in batch]
-        rows.append(embed_clips(waveforms, layers))
+        # The block study pools every frame alike (block_columns reads that layout).
+        rows.append(embed_clips(waveforms, layers, POOL_ALL))
         log.info(
             "%d/%d clips, %.3f s per clip",
             start + len(waveforms),

@@ -42,6 +42,11 @@ def main() -> None:
     run_parser.add_argument(
         "--clean-only", action="store_true", help="the clean condition alone (a quick look)"
     )
+    run_parser.add_argument(
+        "--recipe",
+        action="append",
+        help="run only this recipe (repeatable); the others' rows are read from their files",
+    )
     shipped_parser = sub.add_parser(
         "shipped", help="the shipped bundle's answers under every condition (stability)"
     )
@@ -61,7 +66,13 @@ def main() -> None:
     else:
         from research.robustness_run import run
 
-        run(args.data, args.bank, write=not args.no_report, clean_only=args.clean_only)
+        run(
+            args.data,
+            args.bank,
+            write=not args.no_report,
+            clean_only=args.clean_only,
+            recipes=args.recipe,
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The robustness report's bank: encoder vectors and the shipped CNNs' outputs of every clip
-under every condition (see research.robustness)."""
+under every condition (see research.robustness). The vectors are pooled "all+soft"
+(ser_worker.models.encoder.pooling), whose first half is the "all" vector: one bank serves
+recipes of either pooling."""
 
 from __future__ import annotations
 
@@ -49,6 +51,13 @@ def planned(copies: int) -> list[tuple[str, str]]:
     return plan + [("level", c) for c in CONDITIONS if c != "clean"]
 
 
+def as_pooled(vectors: np.ndarray, pooling: str) -> np.ndarray:
+    """The bank's "all+soft" vectors read as `pooling`: "all" is their first half."""
+    from ser_worker.labels import POOL_ALL_SOFT
+
+    return vectors if pooling == POOL_ALL_SOFT else vectors[:, : vectors.shape[1] // 2]
+
+
 def clip_rng(path: Path, condition: str) -> np.random.Generator:
     """The same draws for a clip and condition in every run, whatever the clip order."""
     digest = hashlib.sha256(f"{path.name}:{condition}".encode()).digest()
@@ -89,7 +98,7 @@ def make_bank(data: Path, out: Path, copies: int, only: list[str] | None = None)
     from ser_worker.bundle.manifest import CURRENT_PREPROCESSING, Preprocessing
     from ser_worker.bundle.preprocess import prepare_clip
     from ser_worker.features.study import extract
-    from ser_worker.labels import SAMPLE_RATE
+    from ser_worker.labels import POOL_ALL_SOFT, SAMPLE_RATE
     from ser_worker.models.encoder import LAYERS
 
     clips = [clip for corpus in corpora(data) for clip in corpus]
@@ -112,9 +121,12 @@ def make_bank(data: Path, out: Path, copies: int, only: list[str] | None = None)
             for i in batch:
                 y = conditioned(i, condition, clips, decoded, by_speaker)
                 prepared.append(prepare_clip(y, SAMPLE_RATE, preprocessing[kind]))
-            v = embed([p.encoder for p in prepared], LAYERS)
+            # Pooled both ways from one encoder pass: the first half is what "all" reads.
+            v = embed([p.encoder for p in prepared], LAYERS, POOL_ALL_SOFT)
             features = [extract(p.cnn, shipped.feature_settings) for p in prepared]
-            p = predict_probabilities(shipped, features, encoder_vectors=v)
+            p = predict_probabilities(
+                shipped, features, encoder_vectors=as_pooled(v, shipped.encoder_pooling)
+            )
             vectors.append(v.astype(np.float32))
             cnn1d.append(p["cnn1d"])
             cnn2d.append(p["cnn2d"])
@@ -125,5 +137,6 @@ def make_bank(data: Path, out: Path, copies: int, only: list[str] | None = None)
             cnn2d=np.concatenate(cnn2d),
             paths=np.array([str(clip.path) for clip in clips]),
             layers=np.array(LAYERS),
+            pooling=np.array(POOL_ALL_SOFT),
         )
         log.info("%s: %d clips in %.0f s", name, len(clips), time.perf_counter() - started)

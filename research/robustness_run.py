@@ -17,7 +17,7 @@ import numpy as np
 from research.common import RESULTS, cell, fill_report, run_file
 from research.default_model import DefaultModelRecipe
 from research.protocols import FOLDS, experiments
-from research.robustness_bank import CONDITIONS, RAW_CONDITIONS, bank_name, corpora
+from research.robustness_bank import CONDITIONS, RAW_CONDITIONS, as_pooled, bank_name, corpora
 from ser_worker.evaluation.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -25,7 +25,7 @@ from ser_worker.evaluation.calibration import (
 )
 from ser_worker.evaluation.ensemble import mix
 from ser_worker.evaluation.metrics import argmax_macro_f1, choose_share
-from ser_worker.labels import CNN2D, EMOTIONS, ENCODER, ENSEMBLE
+from ser_worker.labels import CNN2D, EMOTIONS, ENCODER, ENSEMBLE, POOL_ALL, POOL_ALL_SOFT
 from ser_worker.models.encoder.head import HEAD_STRENGTH, LinearHead, standardised_by_group
 
 log = logging.getLogger("robustness")
@@ -43,6 +43,7 @@ class Recipe:
     preprocessing: str  # a bank preprocessing: "raw" or "level"
     copies: int  # channel-augmented training copies per training clip (bank copy0, copy1, ...)
     adapt: bool = False  # test-time standardisation: vectors standardised by their own set
+    pooling: str = POOL_ALL  # how the vectors pool the encoder's frames (models.encoder.pooling)
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -54,6 +55,10 @@ RECIPES = {
     "level": Recipe("level", 0),
     "level + channel copies": Recipe("level", 2),
     "level + channel + test-time standardisation": Recipe("level", 2, adapt=True),
+    "level + channel + speech pooling": Recipe("level", 2, pooling=POOL_ALL_SOFT),
+    "level + channel + test-time standardisation + speech pooling": Recipe(
+        "level", 2, adapt=True, pooling=POOL_ALL_SOFT
+    ),
 }
 # The conditions under which the CNN fold runs' clean outputs still hold: cnn2d reads dB relative
 # to each clip's maximum and trims relative to its peak, so a gain changes none of its inputs
@@ -80,8 +85,8 @@ class Bank:
             raise SystemExit(f"{self.root}: the bank's clips are not the corpora's; embed again")
         return {key: stored[key] for key in ("vectors", "cnn1d", "cnn2d")}
 
-    def vectors(self, preprocessing: str, condition: str) -> np.ndarray:
-        return self.load(preprocessing, condition)["vectors"]
+    def vectors(self, preprocessing: str, condition: str, pooling: str) -> np.ndarray:
+        return as_pooled(self.load(preprocessing, condition)["vectors"], pooling)
 
     def head(self, recipe: Recipe, experiment: str, seed: int, fit) -> LinearHead:
         """The head of a recipe's split, fitted once and kept beside the bank (a fit takes
@@ -118,9 +123,10 @@ def one_run(
 
     labels = [clip.emotion for clip in clips]
     train, val, test = (list(part) for part in (split.train, split.val, split.test))
-    clean = bank.vectors(recipe.preprocessing, "clean")
+    clean = bank.vectors(recipe.preprocessing, "clean", recipe.pooling)
     train_rows = [clean[train]] + [
-        bank.vectors(recipe.preprocessing, f"copy{k}")[train] for k in range(recipe.copies)
+        bank.vectors(recipe.preprocessing, f"copy{k}", recipe.pooling)[train]
+        for k in range(recipe.copies)
     ]
     train_x = np.concatenate(train_rows)
     train_y = [labels[i] for i in train] * (1 + recipe.copies)
@@ -167,7 +173,9 @@ def one_run(
     clean_outputs: dict[str, np.ndarray] = {}
     for condition in ("clean",) if clean_only else recipe.conditions:
         p = head.probabilities(
-            read(bank.vectors(recipe.preprocessing, condition)[test], test, condition)
+            read(
+                bank.vectors(recipe.preprocessing, condition, recipe.pooling)[test], test, condition
+            )
         )
         result = {
             ENCODER: member_scores(truth["test"], p, row["temperature"], clean_labels.get(ENCODER))
@@ -243,12 +251,23 @@ def cnn2d_level_invariance(bank: Bank) -> float:
     )
 
 
-def run(data: Path, bank_root: Path, write: bool = True, clean_only: bool = False) -> list[dict]:
+def run(
+    data: Path,
+    bank_root: Path,
+    write: bool = True,
+    clean_only: bool = False,
+    recipes: list[str] | None = None,
+) -> list[dict]:
+    """Every recipe's runs, or only `recipes`' (the others' rows are read from their files)."""
     ravdess, tess = corpora(data)
     bank = Bank(bank_root, [str(clip.path) for clip in ravdess + tess])
+    unknown = set(recipes or ()) - set(RECIPES)
+    if unknown:
+        raise SystemExit(f"no recipe {sorted(unknown)}; the recipes are {list(RECIPES)}")
+    chosen = {name: RECIPES[name] for name in recipes or RECIPES}
     rows = []
     # The recipes a bundle can ship first: a quick look (--clean-only) sees them soonest.
-    for recipe_name, recipe in sorted(RECIPES.items(), key=lambda kv: -kv[1].copies):
+    for recipe_name, recipe in sorted(chosen.items(), key=lambda kv: -kv[1].copies):
         for protocol, seeds in PROTOCOLS.items():
             for seed in seeds:
                 for name, clips, split in experiments(
@@ -268,18 +287,21 @@ def run(data: Path, bank_root: Path, write: bool = True, clean_only: bool = Fals
                         row["conditions"]["clean"][ENCODER]["macro_f1"],
                     )
     OUT.mkdir(parents=True, exist_ok=True)
-    for recipe_name in RECIPES:
+    for recipe_name in chosen:
         # One file per recipe, rows shaped like research/encoder_report's: the default model's
         # record can take a recipe's runs as its encoder runs (research.default_model).
-        chosen = [row for row in rows if row["name"] == recipe_name]
-        (OUT / recipe_file(recipe_name)).write_text(
-            json.dumps(chosen, separators=(",", ":")) + "\n"
-        )
+        made = [row for row in rows if row["name"] == recipe_name]
+        (OUT / recipe_file(recipe_name)).write_text(json.dumps(made, separators=(",", ":")) + "\n")
+    for recipe_name in RECIPES.keys() - chosen.keys():
+        if (OUT / recipe_file(recipe_name)).exists():
+            rows += json.loads((OUT / recipe_file(recipe_name)).read_text())
     if clean_only:
         print(report(rows, float("nan"), bank))
         return rows
-    invariance = cnn2d_level_invariance(bank)
-    (OUT / "cnn2d_level_invariance.json").write_text(json.dumps(invariance) + "\n")
+    stored = OUT / "cnn2d_level_invariance.json"
+    if (bank_root / f"{bank_name('raw', 'clean')}.npz").exists():
+        stored.write_text(json.dumps(cnn2d_level_invariance(bank)) + "\n")
+    invariance = json.loads(stored.read_text())
     table = report(rows, invariance, bank)
     print(table)
     if write:

@@ -8,11 +8,14 @@ noise floor) as well as the voice. This embeds every RAVDESS and TESS clip under
 conditions (as `research.robustness embed` does, same seeded draws) and pools each clip's
 frames three ways from the same encoder pass:
 
-- ``all``: every frame (what bundles do today);
+- ``all``: every frame (what bundles did before this study);
 - ``speech``: frames where Silero's speech probability (as the timeline's detector computes it,
   on the clip as the encoder reads it) is above the timeline's threshold, widened by its pad;
   every frame when fewer than MIN_SPEECH_FRAMES are speech;
 - ``soft``: every frame weighted by that probability.
+
+*all+soft* is what bundles now pool (ser_worker.models.encoder.pooling, whose weights this
+uses); this study is how it was chosen.
 
 Then it fits the encoder's head (on clean clips and two channel copies of each, as the shipped
 recipe, or `--copies`) per split of the speaker-independent folds and across corpora, and scores
@@ -50,12 +53,14 @@ EMBEDDED = (
     "telephone",
     "reverb",
 )
-ENCODER_FRAME_S = 0.02  # Whisper's 10 ms hop, halved by the encoder's stride-2 convolution
 MIN_SPEECH_FRAMES = 10
 
 
 def speech_weights(signal: np.ndarray, frames: int, threshold: float, pad_s: float):
-    """(hard mask, soft weights) over `frames` encoder frames of `signal` (16 kHz)."""
+    """(hard mask, soft weights) over `frames` encoder frames of `signal` (16 kHz); the soft
+    weights are the ones bundles pooling "all+soft" use (models.encoder.pooling)."""
+    from ser_worker.models.encoder.pooling import SOFT_FLOOR
+    from ser_worker.models.encoder.pooling import speech_weights as under_frames
     from ser_worker.segments import FRAME_S, frame_probabilities
 
     p = frame_probabilities(signal)
@@ -66,17 +71,8 @@ def speech_weights(signal: np.ndarray, frames: int, threshold: float, pad_s: flo
     for shift in range(1, int(round(pad_s / FRAME_S)) + 1):
         widened[shift:] |= speech[:-shift]
         widened[:-shift] |= speech[shift:]
-    # The detector frame under each encoder frame's centre.
-    under = ((np.arange(frames) + 0.5) * ENCODER_FRAME_S / FRAME_S).astype(int)
-    under = np.minimum(under, p.size - 1)
-    return widened[under], p[under]
-
-
-def pooled(frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    w = weights / weights.sum()
-    mean = w @ frames
-    std = np.sqrt(np.maximum(w @ (frames - mean) ** 2, 0.0))
-    return np.concatenate([mean, std]).astype(np.float32)
+    hard = under_frames(widened.astype(np.float32), frames, FRAME_S) > SOFT_FLOOR
+    return hard, under_frames(p, frames, FRAME_S)
 
 
 def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
@@ -84,7 +80,7 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
     from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
     from ser_worker.bundle.preprocess import prepare_clip
     from ser_worker.labels import SAMPLE_RATE
-    from ser_worker.models.encoder import LAYERS, load_encoder
+    from ser_worker.models.encoder import LAYERS, load_encoder, pool
     from ser_worker.segments import SegmentSettings
 
     vad = SegmentSettings.from_settings()
@@ -112,9 +108,9 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
                 for name, w in (
                     ("all", ones),
                     ("speech", hard.astype(np.float32)),
-                    ("soft", soft + 1e-3),
+                    ("soft", soft),
                 ):
-                    vectors[name].append(np.concatenate([pooled(b, w) for b in blocks]))
+                    vectors[name].append(np.concatenate([pool(b, w) for b in blocks]))
         np.savez(
             out / f"{condition}.npz",
             paths=np.array([str(clip.path) for clip in clips]),

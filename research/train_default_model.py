@@ -164,13 +164,14 @@ def main() -> None:
     started_head = time.perf_counter()
     untrimmed = [clip.encoder for clip in prepared]
     head, adapted = fit_heads(
-        embed(untrimmed, recipe.encoder_layers),
+        embed(untrimmed, recipe.encoder_layers, recipe.encoder_pooling),
         untrimmed,
         clips,
         preprocessing,
         copies=recipe.channel_copies,
         seed=recipe.seed,
         layers=recipe.encoder_layers,
+        pooling=recipe.encoder_pooling,
         strength=recipe.head_strength,
     )
     log.info("encoder heads fitted in %.0f s", time.perf_counter() - started_head)
@@ -182,6 +183,7 @@ def main() -> None:
         head,
         weights,
         encoder_layers=recipe.encoder_layers,
+        encoder_pooling=recipe.encoder_pooling,
         split=split.to_dict(),
         adapted_head=adapted,
         calibration=Calibration(
@@ -189,7 +191,8 @@ def main() -> None:
         ),
         training_data={
             "encoder": (
-                f"{speech_encoder.ENCODER_NAME}, blocks {list(recipe.encoder_layers)} pooled; "
+                f"{speech_encoder.ENCODER_NAME}, blocks {list(recipe.encoder_layers)} pooled "
+                f"{recipe.encoder_pooling!r}; "
                 f"linear head (C={recipe.head_strength}, balanced classes) on all {len(clips)} "
                 f"clips, {'trimmed' if preprocessing.encoder.trim else 'untrimmed'}, and "
                 f"{recipe.channel_copies} channel copies of each; an adapted head on the same "

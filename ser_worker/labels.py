@@ -26,6 +26,13 @@ ENSEMBLE = "ensemble"
 MEMBERS: tuple[str, ...] = (*MODEL_NAMES, ENCODER)
 RESULT_MODELS: tuple[str, ...] = (*MEMBERS, ENSEMBLE)
 
+# How the encoder's head reads a clip's frames (models.encoder.pooling): every frame alike, or
+# that beside the frames weighted by their speech probability. Bundles record theirs; those that
+# record none read POOL_ALL.
+POOL_ALL = "all"
+POOL_ALL_SOFT = "all+soft"
+ENCODER_POOLINGS: tuple[str, ...] = (POOL_ALL, POOL_ALL_SOFT)
+
 # The CNNs read clips with their edges cut where the signal stays this many dB below its peak
 # (librosa.effects.trim's default, as in the study). Bundles record it (bundle.manifest).
 TRIM_TOP_DB = 60.0

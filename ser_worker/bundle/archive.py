@@ -29,6 +29,7 @@ from ser_worker.bundle.manifest import (
     ENCODER_HEAD_NAME,
     MANIFEST_NAME,
     UNRECORDED_ENCODER_LAYERS,
+    UNRECORDED_ENCODER_POOLING,
     WEIGHTS_SUFFIX,
     BundleError,
     EncoderEntry,
@@ -245,7 +246,8 @@ def _encoder_head_from(
         )
     except (TypeError, ValueError) as exc:
         raise BundleError(f"the bundle's encoder layers are not usable: {exc}") from exc
-    check_encoder_head(head, layers)
+    # The manifest refuses a pooling this code does not know.
+    check_encoder_head(head, layers, entry.pooling or UNRECORDED_ENCODER_POOLING)
     return head
 
 

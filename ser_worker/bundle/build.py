@@ -47,6 +47,7 @@ def create_bundle(
     ensemble_weights: dict[str, float] | None = None,
     encoder_head: LinearHead | None = None,
     encoder_layers: Sequence[int] | None = None,
+    encoder_pooling: str | None = None,
     adapted_head: LinearHead | None = None,
     calibration: Calibration | None = None,
     notes: str = "",
@@ -91,10 +92,11 @@ def create_bundle(
     }
     members = set(models)
     if encoder_head is not None:
-        manifest[ENCODER] = _encoder_entry(encoder_head, encoder_layers)
+        manifest[ENCODER] = _encoder_entry(encoder_head, encoder_layers, encoder_pooling)
         members.add(ENCODER)
         if adapted_head is not None:
-            check_encoder_head(adapted_head, tuple(manifest[ENCODER]["layers"]))
+            entry = manifest[ENCODER]
+            check_encoder_head(adapted_head, tuple(entry["layers"]), entry["pooling"])
             manifest[ENCODER]["adapted_head"] = ADAPTED_HEAD_NAME
     if ensemble_weights is not None:
         # Part of the version hash: the weights change what the ensemble predicts.
@@ -147,15 +149,19 @@ def _preprocessing() -> dict[str, Any]:
     return CURRENT_PREPROCESSING.model_dump()
 
 
-def _encoder_entry(head: LinearHead, layers: Sequence[int] | None) -> dict[str, Any]:
+def _encoder_entry(
+    head: LinearHead, layers: Sequence[int] | None, pooling: str | None
+) -> dict[str, Any]:
     from ser_worker.models import encoder as speech_encoder
 
     layers = speech_encoder.check_layers(layers or speech_encoder.LAYERS)
-    check_encoder_head(head, layers)
+    pooling = speech_encoder.check_pooling(pooling or speech_encoder.POOLING)
+    check_encoder_head(head, layers, pooling)
     return {
         "name": speech_encoder.ENCODER_NAME,
         "weights_sha256": speech_encoder.MODEL_SHA256,
         "layers": list(layers),
+        "pooling": pooling,
         "window_seconds": speech_encoder.WINDOW_SECONDS,
         # The head was fitted on vectors of the decoded clip before silence trimming.
         "trimmed": False,
@@ -170,6 +176,7 @@ def with_encoder_head(
     ensemble_weights: dict[str, float],
     *,
     encoder_layers: Sequence[int] | None = None,
+    encoder_pooling: str | None = None,
     split: dict | None = None,
     training_data: dict | None = None,
     adapted_head: LinearHead | None = None,
@@ -194,6 +201,7 @@ def with_encoder_head(
         ensemble_weights=ensemble_weights,
         encoder_head=head,
         encoder_layers=encoder_layers,
+        encoder_pooling=encoder_pooling,
         adapted_head=adapted_head,
         calibration=calibration,
         notes=notes if notes is not None else manifest.notes,

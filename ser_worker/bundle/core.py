@@ -60,6 +60,11 @@ class Bundle:
         return self.manifest.encoder_layers
 
     @property
+    def encoder_pooling(self) -> str:
+        """How the head's vectors pool the encoder's frames (models.encoder.pooling)."""
+        return self.manifest.encoder_pooling
+
+    @property
     def version(self) -> str:
         return self.manifest.version
 
@@ -128,13 +133,14 @@ class Bundle:
         return self.predict_prepared(clips, batch_size=batch_size, adapt=adapt)
 
 
-def check_encoder_head(head: LinearHead, layers: tuple[int, ...]) -> None:
+def check_encoder_head(head: LinearHead, layers: tuple[int, ...], pooling: str) -> None:
     from ser_worker.models.encoder import embedding_size
 
-    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), embedding_size(layers)):
+    size = embedding_size(layers, pooling)
+    if head.labels != EMOTIONS or head.coef.shape != (len(EMOTIONS), size):
         raise BundleError(
-            f"the encoder head does not map vectors of encoder layers {list(layers)} "
-            f"to {list(EMOTIONS)}"
+            f"the encoder head does not map vectors of encoder layers {list(layers)}, "
+            f"pooled {pooling!r}, to {list(EMOTIONS)}"
         )
 
 
@@ -182,17 +188,22 @@ def encoder_vectors(bundle: Bundle, waveforms: Sequence[np.ndarray]) -> np.ndarr
     """The speech encoder's vectors of the clips, if the bundle has a head to read them."""
     if bundle.encoder_head is None:
         return None
-    return embed(waveforms, bundle.encoder_layers)
+    return embed(waveforms, bundle.encoder_layers, bundle.encoder_pooling)
 
 
-def embed(waveforms: Sequence[np.ndarray], layers: Sequence[int] | None = None) -> np.ndarray:
-    """The speech encoder's vectors (pooling `layers`, by default speech_encoder.LAYERS), from
-    this process's encoder (loaded on first use)."""
+def embed(
+    waveforms: Sequence[np.ndarray],
+    layers: Sequence[int] | None = None,
+    pooling: str | None = None,
+) -> np.ndarray:
+    """The speech encoder's vectors of `layers` pooled as `pooling` (by default what new
+    bundles use: speech_encoder.LAYERS and POOLING), from this process's encoder (loaded on
+    first use)."""
     from ser_worker.config import get_settings
-    from ser_worker.models.encoder import LAYERS, load_encoder
+    from ser_worker.models.encoder import LAYERS, POOLING, load_encoder
 
     encoder = load_encoder(tuple(layers or LAYERS), get_settings().tf_threads)
-    return encoder.embed(waveforms)
+    return encoder.embed(waveforms, pooling or POOLING)
 
 
 def predict_features(

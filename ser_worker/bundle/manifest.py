@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from ser_worker.labels import (
     EMOTIONS,
     ENCODER,
+    ENCODER_POOLINGS,
     MODEL_NAMES,
+    POOL_ALL,
     SAMPLE_RATE,
     TARGET_LUFS,
     TRIM_TOP_DB,
@@ -30,6 +32,8 @@ ADAPTED_HEAD_NAME = "encoder_head_adapted.npz"
 # Bundles written before the manifest recorded the encoder's layers: their heads read the last
 # block alone.
 UNRECORDED_ENCODER_LAYERS = (6,)
+# ... nor their pooling: every frame counted alike.
+UNRECORDED_ENCODER_POOLING = POOL_ALL
 
 
 class BundleError(ValueError):
@@ -53,11 +57,23 @@ class EncoderEntry(_Entry):
     name: str | None = None
     weights_sha256: str | None = None
     layers: list[int] | None = None
+    # How the head's vectors pool the encoder's frames (models.encoder.pooling); None: "all",
+    # what every bundle before the pooling was recorded read.
+    pooling: str | None = None
     window_seconds: int | float | None = None
     trimmed: bool | None = None
     head_parameters: int | None = None
     # The head read under per-submission adaptation (models.encoder.fit_adapted_head), if any.
     adapted_head: str | None = None
+
+    @field_validator("pooling")
+    @classmethod
+    def _known_pooling(cls, pooling: str | None) -> str | None:
+        if pooling is not None and pooling not in ENCODER_POOLINGS:
+            raise ValueError(
+                f"unknown encoder pooling {pooling!r}; this code knows {list(ENCODER_POOLINGS)}"
+            )
+        return pooling
 
 
 class CnnPreprocessing(_Entry):
@@ -190,6 +206,11 @@ class Manifest(_Entry):
     def encoder_layers(self) -> tuple[int, ...]:
         layers = self.encoder.layers if self.encoder is not None else None
         return tuple(layers if layers is not None else UNRECORDED_ENCODER_LAYERS)
+
+    @property
+    def encoder_pooling(self) -> str:
+        pooling = self.encoder.pooling if self.encoder is not None else None
+        return pooling or UNRECORDED_ENCODER_POOLING
 
     @property
     def member_preprocessing(self) -> Preprocessing:

@@ -188,17 +188,19 @@ def fit_heads(
     copies: int,
     seed: int,
     layers: Sequence[int] | None = None,
+    pooling: str | None = None,
     strength: float = HEAD_STRENGTH,
 ) -> tuple[LinearHead, LinearHead]:
     """The speech encoder's head and its adapted head, fitted on the clips' `vectors` plus those
     of `copies` channel copies of each clip (features.channel, read at `preprocessing`'s
-    loudness as the bundle reads every clip)."""
+    loudness as the bundle reads every clip), the copies embedded with `layers` and `pooling`
+    as `vectors` were (bundle.core.embed)."""
     from ser_worker.models.encoder import fit_adapted_head, fit_linear_head
 
     copied = channel_copies(untrimmed, [clip.speaker for clip in clips], copies, seed)
     all_vectors = np.concatenate(
         [vectors]
-        + [embed([at_loudness(y, preprocessing) for y in copy], layers) for copy in copied]
+        + [embed([at_loudness(y, preprocessing) for y in copy], layers, pooling) for copy in copied]
     )
     labels = [clip.emotion for clip in clips] * (1 + copies)
     head = fit_linear_head(all_vectors, labels, EMOTIONS, strength=strength)

@@ -266,10 +266,10 @@ def test_save_is_atomic_and_overwrites(bundle, tmp_path):
     assert read_manifest(path).version == bundle.version
 
 
-def small_head(seed: int = 0, layers: tuple[int, ...] | None = None):
-    from ser_worker.models.encoder import LAYERS, LinearHead, embedding_size
+def small_head(seed: int = 0, layers: tuple[int, ...] | None = None, pooling: str | None = None):
+    from ser_worker.models.encoder import LAYERS, POOLING, LinearHead, embedding_size
 
-    size = embedding_size(layers or LAYERS)
+    size = embedding_size(layers or LAYERS, pooling or POOLING)
     rng = np.random.default_rng(seed)
     return LinearHead(
         EMOTIONS,
@@ -293,11 +293,12 @@ def encoder_bundle(bundle) -> Bundle:
 
 
 def test_encoder_head_round_trips_and_joins_the_ensemble(bundle, encoder_bundle, clips):
-    from ser_worker.models.encoder import LAYERS, MODEL_SHA256, embedding_size
+    from ser_worker.models.encoder import LAYERS, MODEL_SHA256, POOLING, embedding_size
 
     assert encoder_bundle.members == ("cnn1d", "cnn2d", "encoder")
     assert encoder_bundle.manifest.encoder.weights_sha256 == MODEL_SHA256
     assert encoder_bundle.encoder_layers == LAYERS
+    assert encoder_bundle.encoder_pooling == POOLING
     assert encoder_bundle.version != bundle.version
     loaded = load_bundle(bundle_bytes(encoder_bundle))
     assert loaded.manifest == encoder_bundle.manifest
@@ -307,7 +308,8 @@ def test_encoder_head_round_trips_and_joins_the_ensemble(bundle, encoder_bundle,
             getattr(loaded.encoder_head, field), getattr(encoder_bundle.encoder_head, field)
         )
     features = extract_all(clips[:2], bundle.feature_settings)
-    vectors = np.random.default_rng(1).normal(size=(2, embedding_size())).astype(np.float32)
+    size = embedding_size(LAYERS, POOLING)
+    vectors = np.random.default_rng(1).normal(size=(2, size)).astype(np.float32)
     outputs = predict_probabilities(loaded, features, encoder_vectors=vectors)
     np.testing.assert_array_equal(
         outputs["encoder"], encoder_bundle.encoder_head.probabilities(vectors)
@@ -335,11 +337,17 @@ def test_encoder_bundle_checks_its_weights_and_head(encoder_bundle, tmp_path):
         load_bundle(_rewrite(path, manifest_patch={"encoder": {**other_layers, "layers": [6]}}))
     with pytest.raises(BundleError, match="layers are not usable"):
         load_bundle(_rewrite(path, manifest_patch={"encoder": {**other_layers, "layers": [6, 3]}}))
+    with pytest.raises(BundleError, match="unknown encoder pooling 'speech'"):
+        read_manifest(_rewrite(path, manifest_patch={"encoder": {**entry, "pooling": "speech"}}))
+    # A head fitted on both poolings cannot read the plain vectors alone.
+    with pytest.raises(BundleError, match="pooled 'all'"):
+        load_bundle(_rewrite(path, manifest_patch={"encoder": {**entry, "pooling": "all"}}))
 
 
 def test_a_head_on_the_last_block_alone_still_loads(bundle, tmp_path):
-    """Bundles from before block 3 was pooled record no layers: their heads read block 6."""
-    old_head = small_head(layers=(6,))
+    """Bundles from before block 3 was pooled record no layers: their heads read block 6; nor
+    any pooling: their heads read every frame alike ("all")."""
+    old_head = small_head(layers=(6,), pooling="all")
     with pytest.raises(BundleError, match="does not map"):
         create_bundle(
             bundle.models,
@@ -353,11 +361,17 @@ def test_a_head_on_the_last_block_alone_still_loads(bundle, tmp_path):
         normalizer=bundle.normalizer,
         encoder_head=old_head,
         encoder_layers=(6,),
+        encoder_pooling="all",
     )
     path = save_bundle(made, tmp_path / "old.zip")
-    entry = {k: v for k, v in made.manifest.to_dict()["encoder"].items() if k != "layers"}
+    entry = {
+        k: v
+        for k, v in made.manifest.to_dict()["encoder"].items()
+        if k not in ("layers", "pooling")
+    }
     loaded = load_bundle(_rewrite(path, manifest_patch={"encoder": entry}))
     assert loaded.encoder_layers == (6,)
+    assert loaded.encoder_pooling == "all"
     np.testing.assert_array_equal(loaded.encoder_head.coef, old_head.coef)
 
 

@@ -133,12 +133,13 @@ def test_single_model_bundle_ensemble_is_that_model(bundle, clips):
 
 
 def test_encoder_head_reads_the_untrimmed_clips_and_joins_the_ensemble(bundle):
-    from ser_worker.models.encoder import LinearHead, load_encoder
+    from ser_worker.models.encoder import POOLING, LinearHead, load_encoder
 
     paths = sorted(DATA.rglob("*.flac"))[:4]
     untrimmed = [load_audio(p, trim=False) for p in paths]
     trimmed = [load_audio(p) for p in paths]
-    vectors = load_encoder().embed(untrimmed)
+    # New bundles pool the speech frames beside all of them: the bundle must read the same.
+    vectors = load_encoder().embed(untrimmed, POOLING)
     # Random weights on standardised vectors: outputs that differ from clip to clip.
     rng = np.random.default_rng(0)
     head = LinearHead(

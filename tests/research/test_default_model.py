@@ -28,7 +28,8 @@ from research.default_model import (
 )
 from ser_worker.bundle import shipped_bundle_bytes
 from ser_worker.evaluation.ensemble import normalised_weights
-from ser_worker.labels import EMOTIONS, MODEL_NAMES
+from ser_worker.labels import EMOTIONS, MODEL_NAMES, POOL_ALL
+from ser_worker.models.encoder import POOLING
 
 from .test_report import _result, _side
 
@@ -71,7 +72,7 @@ def shipped() -> dict:
 def test_the_record_reproduces_the_shipped_bundle(shipped):
     recipe = DefaultModelRecipe.load()
     assert recipe.ensemble_weights == shipped["ensemble_weights"]
-    assert recipe.ensemble_weights == {"encoder": 0.7, "cnn1d": 0.12, "cnn2d": 0.18}
+    assert recipe.ensemble_weights == {"encoder": 0.6, "cnn1d": 0.16, "cnn2d": 0.24}
     calibration = shipped["calibration"]
     assert (calibration["temperature"], calibration["adapted_temperature"]) == (
         recipe.temperature,
@@ -94,6 +95,7 @@ def test_the_record_reproduces_the_shipped_bundle(shipped):
     )
     assert training["config"]["seed"] == recipe.seed
     assert tuple(shipped["encoder"]["layers"]) == recipe.encoder_layers
+    assert shipped["encoder"]["pooling"] == recipe.encoder_pooling == POOLING
     assert f"C={recipe.head_strength}," in training["encoder"]
     monitored = range(0, training["clips"], recipe.monitor_every)
     assert len(monitored) == shipped["split"]["sizes"]["val"]
@@ -104,8 +106,9 @@ def test_the_record_is_what_its_runs_give():
     assert record(recipe) == recipe
 
 
-def _fake_repo(tmp_path: Path) -> DefaultModelRecipe:
-    """A repository holding 3 folds of one seed and their encoder rows, and its record."""
+def _fake_repo(tmp_path: Path, pooling: str = POOLING) -> DefaultModelRecipe:
+    """A repository holding 3 folds of one seed and their encoder rows (pooled `pooling`), and
+    its record."""
     results = tmp_path / "research" / "results"
     (results / "encoder").mkdir(parents=True)
     val = _side(right_1d=False, right_2d=True)
@@ -121,6 +124,7 @@ def _fake_repo(tmp_path: Path) -> DefaultModelRecipe:
                 "experiment": name,
                 "protocol": ESTIMATE,
                 "seed": 0,
+                "recipe": {"pooling": pooling},
                 "encoder": {"accuracy": 1.0, "macro_f1": 1.0},
                 "encoder_share": 0.5,
                 "probabilities": {
@@ -174,6 +178,14 @@ def test_a_missing_or_changed_run_or_weight_is_an_error(tmp_path):
         DefaultModelRecipe.model_validate(recipe.model_dump() | {"glob": "*.json"})
     other = RunFile.of(tmp_path / recipe.cnn_runs[1].path, tmp_path)
     assert other == recipe.cnn_runs[1]
+
+
+def test_a_record_whose_encoder_runs_pool_otherwise_is_an_error(tmp_path):
+    recipe = _fake_repo(tmp_path, pooling=POOL_ALL)
+    with pytest.raises(RecipeError, match=r"its encoder runs \['all'\]"):
+        recipe.verified(tmp_path)
+    with pytest.raises(RecipeError, match="the service"):
+        recipe.model_copy(update={"encoder_pooling": POOL_ALL}).verified(tmp_path)
 
 
 def test_expected_metrics_average_the_folds():

@@ -9,7 +9,7 @@ is cheap to train on CPU and reaches about 0.78 on the same folds (docs/RESULTS.
 ``frontend``: Whisper's log-mel features and windows; ``weights``: the pinned weight packages,
 their arrays and the cut model files; ``graph``: the encoder as one ONNX graph; ``cache``: that
 graph kept under SER_DATA_DIR between processes; ``encoder``: SpeechEncoder (ONNX Runtime or
-CTranslate2) and the pooling; ``head``: LinearHead.
+CTranslate2); ``pooling``: how a clip's frames become one vector; ``head``: LinearHead.
 """
 
 from ser_worker.models.encoder.encoder import (
@@ -22,7 +22,6 @@ from ser_worker.models.encoder.encoder import (
     check_layers,
     embedding_size,
     load_encoder,
-    pool,
 )
 from ser_worker.models.encoder.frontend import (
     HOP,
@@ -40,6 +39,14 @@ from ser_worker.models.encoder.head import (
     fit_linear_head,
     standardised_by_set,
 )
+from ser_worker.models.encoder.pooling import (
+    ALL,
+    ALL_SOFT,
+    POOLING,
+    POOLINGS,
+    check_pooling,
+    pool,
+)
 from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_NAME,
@@ -54,6 +61,11 @@ from ser_worker.models.encoder.weights import (
 )
 
 __all__ = [
+    "ALL",
+    "ALL_SOFT",
+    "POOLING",
+    "POOLINGS",
+    "check_pooling",
     "BACKENDS",
     "BATCH_WINDOWS",
     "CTRANSLATE2",

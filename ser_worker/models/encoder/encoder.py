@@ -27,6 +27,7 @@ import numpy as np
 
 from ser_worker.models.encoder.cache import default_cache_dir
 from ser_worker.models.encoder.frontend import encoder_windows
+from ser_worker.models.encoder.pooling import ALL, pooled, pooled_blocks
 from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_STRIDE,
@@ -45,9 +46,10 @@ CTRANSLATE2 = "ctranslate2"
 BACKENDS = (ONNXRUNTIME, CTRANSLATE2)
 
 
-def embedding_size(layers: Sequence[int] = LAYERS) -> int:
-    """Mean and standard deviation of ENCODER_WIDTH channels per pooled block."""
-    return 2 * ENCODER_WIDTH * len(layers)
+def embedding_size(layers: Sequence[int] = LAYERS, pooling: str = ALL) -> int:
+    """Mean and standard deviation of ENCODER_WIDTH channels per pooled block, once per
+    weighting the pooling uses."""
+    return 2 * ENCODER_WIDTH * len(layers) * pooled_blocks(pooling)
 
 
 def check_layers(layers: Sequence[int]) -> tuple[int, ...]:
@@ -61,11 +63,6 @@ def check_layers(layers: Sequence[int]) -> tuple[int, ...]:
             f"encoder layers must be distinct, ascending, from 1 to {ENCODER_BLOCKS}: {layers}"
         )
     return layers
-
-
-def pool(frames: np.ndarray) -> np.ndarray:
-    """Mean and standard deviation over time of encoder frames (time, width)."""
-    return np.concatenate([frames.mean(axis=0), frames.std(axis=0)]).astype(np.float32)
 
 
 class _OnnxEncoder:
@@ -129,7 +126,7 @@ class _CTranslate2Encoder:
 
 class SpeechEncoder:
     """Whisper base's encoder on CPU; `embed` maps waveforms to vectors that pool each of
-    `layers` (embedding_size(layers) numbers per clip). `backend` is one of BACKENDS."""
+    `layers` (embedding_size(layers, pooling) numbers per clip). `backend` is one of BACKENDS."""
 
     def __init__(
         self,
@@ -171,11 +168,14 @@ class SpeechEncoder:
                     parts[clip][layer].append(out[: (valid + 1) // ENCODER_STRIDE])
         return [[np.concatenate(layer) for layer in clip] for clip in parts]
 
-    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+    def embed(self, waveforms: Sequence[np.ndarray], pooling: str = ALL) -> np.ndarray:
+        """One vector per clip, its frames pooled as `pooling` says (encoder.pooling)."""
         frames = self.frames(waveforms)
         if not frames:
-            return np.zeros((0, embedding_size(self.layers)), np.float32)
-        return np.stack([np.concatenate([pool(layer) for layer in clip]) for clip in frames])
+            return np.zeros((0, embedding_size(self.layers, pooling)), np.float32)
+        return np.stack(
+            [pooled(clip, pooling, y) for y, clip in zip(waveforms, frames, strict=True)]
+        )
 
 
 @functools.lru_cache(maxsize=4)
