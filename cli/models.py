@@ -81,6 +81,15 @@ def describe(figure: dict[str, Any]) -> str:
             f"{shown(figure['protocol'])})"
             + (f"; with `submit --adapt`: {_directions(adapted)}" if adapted else "")
         )
+    if figure["kind"] == "conditions":
+        scores = figure["macro_f1_by_condition"]
+        # Clean first, then from the least to the most harmful change (stores sort the keys).
+        order = sorted(scores, key=lambda c: (c != "clean", -scores[c]))
+        return (
+            f"{shown(figure['model'])} macro-F1 when the recording changes: "
+            + ", ".join(f"{shown(c)} {scores[c]:.3f}" for c in order)
+            + f" (protocol {shown(figure['protocol'])})"
+        )
     score = f"ensemble macro-F1 {figure['macro_f1']:.3f}"
     if figure["kind"] == "cross-validated":
         spread = f" ± {figure['macro_f1_std']:.3f}" if figure.get("macro_f1_std") else ""

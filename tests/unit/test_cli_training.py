@@ -207,6 +207,10 @@ def test_models_shows_protocol_test_size_and_speakers_of_every_figure(data_dir):
                 "ensemble": {"ravdess_to_tess": 0.12, "tess_to_ravdess": 0.2},
                 "adapted": {"ravdess_to_tess": 0.5, "tess_to_ravdess": 0.45},
             },
+            "conditions": {
+                "protocol": "speaker-independent, the speech encoder alone",
+                "encoder": {"noise-15dB": 0.752, "clean": 0.79, "telephone": 0.761},
+            },
         },
     }
     add_version("v-shipped", active=True, manifest=shipped)
@@ -217,6 +221,10 @@ def test_models_shows_protocol_test_size_and_speakers_of_every_figure(data_dir):
         "trained on" in output
     )
     assert "with `submit --adapt`: RAVDESS→TESS 0.500, TESS→RAVDESS 0.450" in output
+    assert (
+        "encoder macro-F1 when the recording changes: clean 0.790, telephone 0.761, noise-15dB "
+        "0.752 (protocol speaker-independent, the speech encoder alone)" in output
+    )
 
     assert "random clip-level split: 12 test clips, from the training speakers" in output
     assert "12 test clips from 1 unseen speaker(s) (ravdess:03)" in output
