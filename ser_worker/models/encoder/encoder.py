@@ -27,7 +27,7 @@ import numpy as np
 
 from ser_worker.models.encoder.cache import default_cache_dir
 from ser_worker.models.encoder.frontend import encoder_windows
-from ser_worker.models.encoder.pooling import ALL, pooled, pooled_blocks
+from ser_worker.models.encoder.pooling import ALL, pooled, weightings
 from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_STRIDE,
@@ -49,7 +49,7 @@ BACKENDS = (ONNXRUNTIME, CTRANSLATE2)
 def embedding_size(layers: Sequence[int] = LAYERS, pooling: str = ALL) -> int:
     """Mean and standard deviation of ENCODER_WIDTH channels per pooled block, once per
     weighting the pooling uses."""
-    return 2 * ENCODER_WIDTH * len(layers) * pooled_blocks(pooling)
+    return 2 * ENCODER_WIDTH * len(layers) * weightings(pooling)
 
 
 def check_layers(layers: Sequence[int]) -> tuple[int, ...]:

@@ -37,8 +37,8 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
-def pooled_blocks(pooling: str) -> int:
-    """How many (mean, std) pairs each pooled encoder block gives."""
+def weightings(pooling: str) -> int:
+    """How many ways each pooled block's frames are weighted: one (mean, std) pair each."""
     return 2 if check_pooling(pooling) == ALL_SOFT else 1
 
 
