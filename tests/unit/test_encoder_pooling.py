@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ser_worker.labels import POOL_ALL, POOL_ALL_SOFT
 from ser_worker.models.encoder import ENCODER_WIDTH, LAYERS, embedding_size
 from ser_worker.models.encoder.pooling import (
-    ALL,
-    ALL_SOFT,
     ENCODER_FRAME_S,
     SOFT_FLOOR,
     check_pooling,
@@ -45,8 +44,8 @@ def test_all_soft_puts_the_weighted_statistics_after_the_plain_ones(monkeypatch)
     blocks = [rng.normal(size=(50, 4)).astype(np.float32) for _ in LAYERS]
     signal = np.zeros(16000, np.float32)
 
-    plain = pooled(blocks, ALL, signal)
-    both = pooled(blocks, ALL_SOFT, signal)
+    plain = pooled(blocks, POOL_ALL, signal)
+    both = pooled(blocks, POOL_ALL_SOFT, signal)
 
     np.testing.assert_array_equal(both[: plain.size], plain)
     # 16 detector frames reach 0.512 s: the encoder frames centred before it (0-25) are speech.
@@ -55,7 +54,7 @@ def test_all_soft_puts_the_weighted_statistics_after_the_plain_ones(monkeypatch)
 
 
 def test_the_size_doubles_with_the_soft_half_and_unknown_poolings_are_refused():
-    assert embedding_size(LAYERS, ALL) == 2 * ENCODER_WIDTH * len(LAYERS)
-    assert embedding_size(LAYERS, ALL_SOFT) == 2 * embedding_size(LAYERS, ALL)
+    assert embedding_size(LAYERS, POOL_ALL) == 2 * ENCODER_WIDTH * len(LAYERS)
+    assert embedding_size(LAYERS, POOL_ALL_SOFT) == 2 * embedding_size(LAYERS, POOL_ALL)
     with pytest.raises(ValueError, match="pooling"):
         check_pooling("speech")

@@ -40,10 +40,7 @@ from ser_worker.models.encoder.head import (
     standardised_by_set,
 )
 from ser_worker.models.encoder.pooling import (
-    ALL,
-    ALL_SOFT,
     POOLING,
-    POOLINGS,
     check_pooling,
     pool,
 )
@@ -61,10 +58,7 @@ from ser_worker.models.encoder.weights import (
 )
 
 __all__ = [
-    "ALL",
-    "ALL_SOFT",
     "POOLING",
-    "POOLINGS",
     "check_pooling",
     "BACKENDS",
     "BATCH_WINDOWS",

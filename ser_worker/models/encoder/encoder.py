@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ser_worker.labels import POOL_ALL
 from ser_worker.models.encoder.cache import default_cache_dir
 from ser_worker.models.encoder.frontend import encoder_windows
-from ser_worker.models.encoder.pooling import ALL, pooled, weightings
+from ser_worker.models.encoder.pooling import pooled, weightings
 from ser_worker.models.encoder.weights import (
     ENCODER_BLOCKS,
     ENCODER_STRIDE,
@@ -46,7 +47,7 @@ CTRANSLATE2 = "ctranslate2"
 BACKENDS = (ONNXRUNTIME, CTRANSLATE2)
 
 
-def embedding_size(layers: Sequence[int] = LAYERS, pooling: str = ALL) -> int:
+def embedding_size(layers: Sequence[int] = LAYERS, pooling: str = POOL_ALL) -> int:
     """Mean and standard deviation of ENCODER_WIDTH channels per pooled block, once per
     weighting the pooling uses."""
     return 2 * ENCODER_WIDTH * len(layers) * weightings(pooling)
@@ -168,7 +169,7 @@ class SpeechEncoder:
                     parts[clip][layer].append(out[: (valid + 1) // ENCODER_STRIDE])
         return [[np.concatenate(layer) for layer in clip] for clip in parts]
 
-    def embed(self, waveforms: Sequence[np.ndarray], pooling: str = ALL) -> np.ndarray:
+    def embed(self, waveforms: Sequence[np.ndarray], pooling: str = POOL_ALL) -> np.ndarray:
         """One vector per clip, its frames pooled as `pooling` says (encoder.pooling)."""
         frames = self.frames(waveforms)
         if not frames:

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ser_worker.labels import ENCODER_POOLINGS, POOL_ALL, POOL_ALL_SOFT, SAMPLE_RATE
+from ser_worker.labels import ENCODER_POOLINGS, POOL_ALL_SOFT, SAMPLE_RATE
 from ser_worker.models.encoder.frontend import HOP
 from ser_worker.models.encoder.weights import ENCODER_STRIDE
 
-ALL, ALL_SOFT, POOLINGS = POOL_ALL, POOL_ALL_SOFT, ENCODER_POOLINGS
-POOLING = ALL_SOFT
+POOLING = POOL_ALL_SOFT
 # One encoder frame: Whisper's 10 ms hop, halved by the encoder's stride-2 convolution.
 ENCODER_FRAME_S = HOP * ENCODER_STRIDE / SAMPLE_RATE
 # Every frame keeps a little weight: a clip Silero hears no speech in still gets a vector (then
@@ -32,14 +31,14 @@ SOFT_FLOOR = 1e-3
 
 
 def check_pooling(pooling: str) -> str:
-    if pooling not in POOLINGS:
-        raise ValueError(f"encoder pooling must be one of {POOLINGS}: {pooling!r}")
+    if pooling not in ENCODER_POOLINGS:
+        raise ValueError(f"encoder pooling must be one of {ENCODER_POOLINGS}: {pooling!r}")
     return pooling
 
 
 def weightings(pooling: str) -> int:
     """How many ways each pooled block's frames are weighted: one (mean, std) pair each."""
-    return 2 if check_pooling(pooling) == ALL_SOFT else 1
+    return 2 if check_pooling(pooling) == POOL_ALL_SOFT else 1
 
 
 def pool(frames: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -68,7 +67,7 @@ def pooled(blocks: Sequence[np.ndarray], pooling: str, signal: np.ndarray) -> np
     waveform as the encoder read it (16 kHz): every block's ``all`` statistics, then, for
     ``all+soft``, every block's speech-weighted ones."""
     vector = [pool(frames) for frames in blocks]
-    if check_pooling(pooling) == ALL_SOFT:
+    if check_pooling(pooling) == POOL_ALL_SOFT:
         from ser_worker.segments import FRAME_S, frame_probabilities
 
         weights = speech_weights(frame_probabilities(signal), len(blocks[0]), FRAME_S)
