@@ -4,6 +4,7 @@ noise, telephone, codecs and rooms, on the speaker-independent folds and across 
     python -m research.robustness embed --out .bank/robust     # every clip, every condition
     python -m research.robustness run --bank .bank/robust      # heads per split; RESULTS.md
     python -m research.robustness shipped                      # the shipped bundle's stability
+    python -m research.robustness heldout --bundle FOLD.zip    # a fold bundle on unseen actors
 
 `embed` decodes every RAVDESS and TESS clip once, applies each condition of CONDITIONS (seeded
 by the clip), prepares it as a bundle's members read it (research.robustness_bank), and stores
@@ -22,7 +23,7 @@ from pathlib import Path
 if not __package__:  # run as a file: import research.* as `python -m` would
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from research.common import DATA
+from research.common import DATA, speaker_set
 
 
 def main() -> None:
@@ -53,9 +54,32 @@ def main() -> None:
     shipped_parser.add_argument("--data", type=Path, default=DATA)
     shipped_parser.add_argument("--every", type=int, default=8, help="every n-th clip")
     shipped_parser.add_argument("--bundle", type=Path, default=None)
+    heldout_parser = sub.add_parser(
+        "heldout", help="a fold bundle on its held-out actors under every condition (accuracy)"
+    )
+    heldout_parser.add_argument("--data", type=Path, default=DATA)
+    heldout_parser.add_argument("--bundle", type=Path, required=True)
+    heldout_parser.add_argument(
+        "--group",
+        action="append",
+        required=True,
+        help="NAME=SPEAKERS, e.g. validation=ravdess:15,ravdess:16,ravdess:17 (repeatable)",
+    )
+    heldout_parser.add_argument(
+        "--save-probabilities", type=Path, help="also write every member's probabilities (.npz)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if hasattr(args, "every"):
+    if hasattr(args, "group"):
+        from research.robustness_shipped import heldout_robustness, heldout_table
+
+        groups = {}
+        for text in args.group:
+            name, _, speakers = text.partition("=")
+            groups[name] = speaker_set(speakers)
+        result = heldout_robustness(args.data, args.bundle, groups, args.save_probabilities)
+        print(heldout_table(result))
+    elif hasattr(args, "every"):
         from research.robustness_shipped import shipped_stability, stability_table
 
         print(stability_table(shipped_stability(args.data, args.every, args.bundle)))
