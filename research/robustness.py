@@ -5,6 +5,7 @@ noise, telephone, codecs and rooms, on the speaker-independent folds and across 
     python -m research.robustness run --bank .bank/robust      # heads per split; RESULTS.md
     python -m research.robustness shipped                      # the shipped bundle's stability
     python -m research.robustness heldout --bundle FOLD.zip    # a fold bundle on unseen actors
+    python -m research.robustness heldout-figure RUN.json ... --out PNG
 
 `embed` decodes every RAVDESS and TESS clip once, applies each condition of CONDITIONS (seeded
 by the clip), prepares it as a bundle's members read it (research.robustness_bank), and stores
@@ -68,9 +69,20 @@ def main() -> None:
     heldout_parser.add_argument(
         "--save-probabilities", type=Path, help="also write every member's probabilities (.npz)"
     )
+    figure_parser = sub.add_parser(
+        "heldout-figure", help="plot `heldout` results of one or more fold bundles"
+    )
+    figure_parser.add_argument("runs", type=Path, nargs="+", help="heldout--VERSION.json files")
+    figure_parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if hasattr(args, "group"):
+    if hasattr(args, "runs"):
+        import json
+
+        from research.robustness_shipped import heldout_figure
+
+        print(heldout_figure([json.loads(path.read_text()) for path in args.runs], args.out))
+    elif hasattr(args, "group"):
         from research.robustness_shipped import heldout_robustness, heldout_table
 
         groups = {}

@@ -201,3 +201,43 @@ def stability_table(result: dict) -> str:
     for condition, by_model in result["unchanged"].items():
         lines.append(f"| {condition} | " + " | ".join(f"{by_model[m]:.1%}" for m in models) + " |")
     return "\n".join(lines)
+
+
+def heldout_figure(results: list[dict], out: Path, group: str = "all held-out") -> Path:
+    """Each member's and the ensemble's macro-F1 per condition on fold bundles' held-out actors:
+    one line per model (the mean over the folds), the folds themselves as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ser_worker.labels import ENSEMBLE
+
+    conditions = list(results[0]["groups"][group]["macro_f1"])
+    models = list(results[0]["groups"][group]["macro_f1"]["clean"])
+    x = np.arange(len(conditions))
+    fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
+    for i, model in enumerate(models):
+        folds = np.array(
+            [[r["groups"][group]["macro_f1"][c][model] for c in conditions] for r in results]
+        )
+        color = f"C{i}"
+        width = 2.5 if model == ENSEMBLE else 1.5
+        ax.plot(x, folds.mean(axis=0), "-o", color=color, label=model, lw=width)
+        for fold in folds:
+            ax.plot(x, fold, ".", color=color, alpha=0.5)
+    ax.set_xticks(x, conditions, rotation=30, ha="right")
+    ax.set_ylabel("macro-F1 (chance 0.17)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    clips = sum(r["groups"][group]["clips"] for r in results)
+    ax.set_title(
+        f"Fold bundles on their held-out RAVDESS actors ({len(results)} "
+        f"fold{'s' if len(results) > 1 else ''}, {clips} clips): "
+        "lines the mean, dots each fold"
+    )
+    ax.legend(loc="lower left")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
