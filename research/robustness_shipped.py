@@ -37,7 +37,8 @@ def _answers(bundle, clips, decoded, probabilities: dict | None = None):
         if probabilities is not None:
             for model in answers[0]:
                 probabilities[f"{condition}/{model}"] = np.array(
-                    [list(answer[model].probabilities.values()) for answer in answers], np.float32
+                    [[answer[model].probabilities[e] for e in bundle.labels] for answer in answers],
+                    np.float32,
                 )
         log.info("%s: %d clips in %.0f s", condition, len(clips), time.perf_counter() - started)
     return labels

@@ -18,6 +18,7 @@ class Bundle:
     """Right on every clean clip; under noise, right on speaker A's clips and ANG on B's."""
 
     version = "fold-test"
+    labels = EMOTIONS
     manifest = SimpleNamespace(split={"train_speakers": ["ravdess:01"]})
 
     def predict(self, signals, sampling_rate):
