@@ -44,15 +44,19 @@ def _answers(bundle, clips, decoded, probabilities: dict | None = None):
     return labels
 
 
-def _unchanged(labels: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+def _each_changed(labels: dict[str, dict[str, np.ndarray]], score) -> dict[str, dict]:
+    """score(clean, found) of every member's labels under every condition but clean."""
     return {
         condition: {
-            model: float(np.mean(found == labels["clean"][model]))
-            for model, found in by_model.items()
+            model: score(labels["clean"][model], found) for model, found in by_model.items()
         }
         for condition, by_model in labels.items()
         if condition != "clean"
     }
+
+
+def _unchanged(labels: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    return _each_changed(labels, lambda clean, found: float(np.mean(found == clean)))
 
 
 def shipped_stability(data: Path, every: int, bundle_path: Path | None = None) -> dict:
@@ -146,14 +150,9 @@ def heldout_robustness(
                 for condition, by_model in mine.items()
             },
             "unchanged": _unchanged(mine),
-            "change_ci95": {
-                condition: {
-                    model: change_interval(truth, mine["clean"][model], found)
-                    for model, found in by_model.items()
-                }
-                for condition, by_model in mine.items()
-                if condition != "clean"
-            },
+            "change_ci95": _each_changed(
+                mine, lambda clean, found, truth=truth: change_interval(truth, clean, found)
+            ),
         }
     out = RESULTS / "robustness" / f"heldout--{bundle.version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

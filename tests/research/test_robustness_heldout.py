@@ -15,7 +15,7 @@ from ser_worker.labels import EMOTIONS
 
 
 class Bundle:
-    """Right on every clean clip; under noise, right on speaker A's clips and ANG on B's."""
+    """Right on every clean clip; under noise, right on ravdess:02's clips and ANG on 03's."""
 
     version = "fold-test"
     labels = EMOTIONS

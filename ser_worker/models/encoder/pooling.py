@@ -5,9 +5,9 @@
 - ``all+soft``: those, and beside them the same statistics with each frame weighted by Silero's
   speech probability at that time (the timeline's detector, ``segments.frame_probabilities``).
   Noise fills the room tone around the speech most, and *all* pools it as if it were voice; the
-  weighted half follows the voice. On the speaker-independent folds it lifted white noise at
-  15 dB SNR from 0.731 to 0.753 macro-F1 at no clean cost, where pooling only the speech lost
-  clean accuracy (docs/RESULTS.md, "Pooling the speech frames as well").
+  weighted half follows the voice. Both halves together, because pooling only the speech costs
+  clean accuracy: the frames around it carry information too (docs/RESULTS.md, "Pooling the
+  speech frames as well").
 
 New bundles pool with ``POOLING``; a bundle records its own (manifest ``encoder.pooling``).
 """
