@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,15 @@ def speech_weights(signal: np.ndarray, frames: int, threshold: float, pad_s: flo
     return hard, under_frames(p, frames, FRAME_S)
 
 
-def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
+def embed_bank(
+    data: Path,
+    out: Path,
+    conditions: list[str],
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> None:
+    """Every clip under every condition, pooled three ways. `transform`, when given, is applied
+    to the clip as the encoder reads it (after the bundle's preprocessing), before the encoder
+    and the speech detector see it (research.denoise)."""
     from ser_worker.audio import load_audio
     from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
     from ser_worker.bundle.preprocess import prepare_clip
@@ -99,7 +108,8 @@ def embed_bank(data: Path, out: Path, conditions: list[str]) -> None:
             waveforms = []
             for i in batch:
                 y = conditioned(i, condition, clips, decoded, by_speaker)
-                waveforms.append(prepare_clip(y, SAMPLE_RATE, CURRENT_PREPROCESSING).encoder)
+                y = prepare_clip(y, SAMPLE_RATE, CURRENT_PREPROCESSING).encoder
+                waveforms.append(transform(y) if transform else y)
             for y, blocks in zip(waveforms, encoder.frames(waveforms), strict=True):
                 hard, soft = speech_weights(y, len(blocks[0]), vad.threshold, vad.pad_s)
                 if hard.sum() < MIN_SPEECH_FRAMES:
@@ -191,13 +201,19 @@ def score(
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def embed_parser(sub) -> argparse.ArgumentParser:
+    """The `embed` command and its arguments (research.denoise adds its own to them)."""
     e = sub.add_parser("embed")
     e.add_argument("--data", type=Path, default=DATA)
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--conditions", nargs="*", default=list(EMBEDDED))
+    return e
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed_parser(sub)
     s = sub.add_parser("score")
     s.add_argument("--data", type=Path, default=DATA)
     s.add_argument("--bank", type=Path, required=True)
