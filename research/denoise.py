@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from research.common import DATA
-from research.speech_pooling import embed_bank, embed_parser
+from research.speech_pooling import READS, embed_bank, embed_parser
+from ser_worker.labels import POOL_ALL_SOFT, SAMPLE_RATE
 
 log = logging.getLogger("denoise")
 TRAINING = ("clean", "copy0", "copy1")
@@ -47,7 +48,8 @@ def spectral_gate(y: np.ndarray) -> np.ndarray:
     frequency followed over time, gated fully)."""
     import noisereduce
 
-    return noisereduce.reduce_noise(y=y, sr=16_000, stationary=False, n_jobs=1).astype(np.float32)
+    gated = noisereduce.reduce_noise(y=y, sr=SAMPLE_RATE, stationary=False, n_jobs=1)
+    return gated.astype(np.float32)
 
 
 DENOISERS = {"spectral-gate": spectral_gate}
@@ -60,7 +62,7 @@ def denoised(y: np.ndarray, denoiser: str) -> np.ndarray:
     from ser_worker.loudness import normalise_loudness
 
     target = CURRENT_PREPROCESSING.loudness.target_lufs
-    return normalise_loudness(DENOISERS[denoiser](y), 16_000, target)
+    return normalise_loudness(DENOISERS[denoiser](y), SAMPLE_RATE, target)
 
 
 def projected_head(by_copy: list[np.ndarray], labels: list[str], directions: int):
@@ -123,7 +125,7 @@ def heads(data: Path, plain_bank: Path, denoised_bank: Path, seeds: list[int], s
 
     def load(bank: Path) -> dict[str, np.ndarray]:
         return {
-            c: np.hstack([np.load(bank / f"{c}.npz")[part] for part in ("all", "soft")])
+            c: np.hstack([np.load(bank / f"{c}.npz")[part] for part in READS[POOL_ALL_SOFT]])
             for c in (*TESTED, *TRAINING)
         }
 

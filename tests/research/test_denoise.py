@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from research.denoise import denoised
 from ser_worker.bundle.manifest import CURRENT_PREPROCESSING
@@ -24,8 +25,8 @@ def test_spectral_gate_removes_the_noise_floor_keeps_the_voice_and_the_loudness(
     out = denoised(y, "spectral-gate")
 
     assert out.shape == y.shape and out.dtype == np.float32
-    assert integrated_loudness(out, 16_000) == pytest_approx(
-        CURRENT_PREPROCESSING.loudness.target_lufs
+    assert integrated_loudness(out, 16_000) == pytest.approx(
+        CURRENT_PREPROCESSING.loudness.target_lufs, abs=0.05
     )
     # Relative to the voice, the noise-only first second falls (by about 3 dB: the non-stationary
     # gate follows a floor that it also hears as the signal where no voice is) ...
@@ -35,12 +36,6 @@ def test_spectral_gate_removes_the_noise_floor_keeps_the_voice_and_the_loudness(
     # ... and the voice itself is kept: its waveform correlates with the clean tone.
     kept = np.corrcoef(out[20_000:28_000], voice[20_000:28_000])[0, 1]
     assert kept > 0.95
-
-
-def pytest_approx(value: float):
-    import pytest
-
-    return pytest.approx(value, abs=0.05)
 
 
 def test_projected_head_ignores_the_direction_channel_copies_move_along():
