@@ -46,6 +46,7 @@ def run_one(args, recording: Path, processes: int, work: Path) -> dict:
             SER_BROKER_URL=redis_url,
             SER_DATA_DIR=str(work / "data"),
             SER_TF_THREADS="1",
+            **({} if args.reach_back is None else {"SER_VAD_REACH_BACK_S": str(args.reach_back)}),
         )
         worker = Worker(env, work / f"worker-{processes}.log", concurrency=processes)
         try:
@@ -136,6 +137,11 @@ def main() -> None:
         help="only this many worker processes, once per repeat (no ratio): e.g. the peak "
         "memory of a worker on a 3-hour recording",
     )
+    parser.add_argument(
+        "--reach-back",
+        type=float,
+        help="the workers' SER_VAD_REACH_BACK_S (0: no backward pass; default: as shipped)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ser-timeline-") as folder:
@@ -157,6 +163,7 @@ def main() -> None:
             result["runs"] = [run for pair in pairs for run in pair]
             result["speedup_2_vs_1"] = statistics.median(ratios)
             result["speedups"] = ratios
+    result["reach_back_s"] = args.reach_back
     result["cpus"] = os.cpu_count()
     result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=2) if args.json else result)

@@ -12,7 +12,10 @@ frames three ways from the same encoder pass:
 - ``speech``: frames where Silero's speech probability (as the timeline's detector computes it,
   on the clip as the encoder reads it) is above the timeline's threshold, widened by its pad;
   every frame when fewer than MIN_SPEECH_FRAMES are speech;
-- ``soft``: every frame weighted by that probability.
+- ``soft``: every frame weighted by that probability;
+- ``rest``: every frame weighted by the probability that it is *not* speech: what the recording
+  sounds like around the voice (its room tone, its noise), which a linear head can read beside
+  the voice's statistics to tell the two apart (noise-aware training, as in ASR).
 
 *all+soft* is what bundles now pool (ser_worker.models.encoder.pooling, whose weights this
 uses); this study is how it was chosen.
@@ -41,9 +44,14 @@ from research.common import DATA
 from research.robustness_bank import clips_by_speaker, conditioned, corpora
 
 log = logging.getLogger("pooling")
-POOLINGS = ("all", "speech", "soft")
-# What a head can read: one pooling, or two side by side.
-READS = {**{name: (name,) for name in POOLINGS}, "all+soft": ("all", "soft")}
+POOLINGS = ("all", "speech", "soft", "rest")
+# What a head can read: one pooling, or several side by side.
+READS = {
+    **{name: (name,) for name in POOLINGS},
+    "all+soft": ("all", "soft"),
+    "all+soft+rest": ("all", "soft", "rest"),
+    "soft+rest": ("soft", "rest"),
+}
 EMBEDDED = (
     "clean",
     "copy0",
@@ -58,22 +66,23 @@ MIN_SPEECH_FRAMES = 10
 
 
 def speech_weights(signal: np.ndarray, frames: int, threshold: float, pad_s: float):
-    """(hard mask, soft weights) over `frames` encoder frames of `signal` (16 kHz); the soft
-    weights are the ones bundles pooling "all+soft" use (models.encoder.pooling)."""
+    """(hard mask, soft weights, rest weights) over `frames` encoder frames of `signal` (16 kHz);
+    the soft weights are the ones bundles pooling "all+soft" use (models.encoder.pooling), the
+    rest weights their complement."""
     from ser_worker.models.encoder.pooling import SOFT_FLOOR
     from ser_worker.models.encoder.pooling import speech_weights as under_frames
     from ser_worker.segments import FRAME_S, frame_probabilities
 
     p = frame_probabilities(signal)
     if p.size == 0:
-        return np.ones(frames, bool), np.ones(frames, np.float32)
+        return np.ones(frames, bool), np.ones(frames, np.float32), np.ones(frames, np.float32)
     speech = p > threshold
     widened = speech.copy()
     for shift in range(1, int(round(pad_s / FRAME_S)) + 1):
         widened[shift:] |= speech[:-shift]
         widened[:-shift] |= speech[shift:]
     hard = under_frames(widened.astype(np.float32), frames, FRAME_S) > SOFT_FLOOR
-    return hard, under_frames(p, frames, FRAME_S)
+    return hard, under_frames(p, frames, FRAME_S), under_frames(1.0 - p, frames, FRAME_S)
 
 
 def embed_bank(
@@ -111,7 +120,7 @@ def embed_bank(
                 y = prepare_clip(y, SAMPLE_RATE, CURRENT_PREPROCESSING).encoder
                 waveforms.append(transform(y) if transform else y)
             for y, blocks in zip(waveforms, encoder.frames(waveforms), strict=True):
-                hard, soft = speech_weights(y, len(blocks[0]), vad.threshold, vad.pad_s)
+                hard, soft, rest = speech_weights(y, len(blocks[0]), vad.threshold, vad.pad_s)
                 if hard.sum() < MIN_SPEECH_FRAMES:
                     hard = np.ones_like(hard)
                 ones = np.ones(len(blocks[0]), np.float32)
@@ -119,6 +128,7 @@ def embed_bank(
                     ("all", ones),
                     ("speech", hard.astype(np.float32)),
                     ("soft", soft),
+                    ("rest", rest),
                 ):
                     vectors[name].append(np.concatenate([pool(b, w) for b in blocks]))
         np.savez(
@@ -130,8 +140,17 @@ def embed_bank(
 
 
 def score(
-    data: Path, bank: Path, seeds: list[int], adapt: bool, copies: int = 2, reads=tuple(READS)
+    data: Path,
+    bank: Path,
+    seeds: list[int],
+    adapt: bool,
+    copies: int = 2,
+    reads=tuple(READS),
+    side: str = "test",
 ) -> dict:
+    """Macro-F1 of each read under each condition, on each run's test actors or (`side`
+    "val") its validation actors, where a choice may be made (no validation speakers across
+    corpora)."""
     from research.protocols import FOLDS, experiments
     from research.robustness_run import TESS_EVERY
     from ser_worker.evaluation.metrics import argmax_macro_f1
@@ -147,12 +166,22 @@ def score(
         if (bank / f"{c}.npz").exists()
     }
     tested = [c for c in stored if not c.startswith("copy")]
-    results: dict = {"conditions": tested, "adapt": adapt, "copies": copies, "runs": []}
-    for protocol, protocol_seeds in (("speaker-ravdess-with-tess", seeds), ("cross-corpus", [0])):
+    results: dict = {
+        "conditions": tested,
+        "adapt": adapt,
+        "copies": copies,
+        "side": side,
+        "runs": [],
+    }
+    protocols = [("speaker-ravdess-with-tess", seeds)]
+    if side == "test":
+        protocols.append(("cross-corpus", [0]))
+    for protocol, protocol_seeds in protocols:
         for seed in protocol_seeds:
             for name, clips, split in experiments(protocol, ravdess, tess, FOLDS, seed, TESS_EVERY):
                 labels = [clip.emotion for clip in clips]
-                train, test = list(split.train), list(split.test)
+                train = list(split.train)
+                test = list(split.test if side == "test" else split.val)
                 row = {"protocol": protocol, "experiment": name, "seed": seed, "f1": {}}
                 for pooling in reads:
                     parts = READS[pooling]
@@ -183,7 +212,7 @@ def score(
                 )
                 results["runs"].append(row)
     summary = {}
-    for protocol in ("speaker-ravdess-with-tess", "cross-corpus"):
+    for protocol, _ in protocols:
         runs = [r for r in results["runs"] if r["protocol"] == protocol]
         summary[protocol] = {
             p: {
@@ -221,13 +250,16 @@ def main() -> None:
     s.add_argument("--adapt", action="store_true")
     s.add_argument("--copies", type=int, default=2, help="training copies per clip (copy0...)")
     s.add_argument("--reads", nargs="*", default=list(READS), choices=list(READS))
+    s.add_argument("--side", choices=("test", "val"), default="test")
     s.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command == "embed":
         embed_bank(args.data, args.out, args.conditions)
     else:
-        results = score(args.data, args.bank, args.seeds, args.adapt, args.copies, args.reads)
+        results = score(
+            args.data, args.bank, args.seeds, args.adapt, args.copies, args.reads, args.side
+        )
         text = json.dumps(results, indent=1)
         print(json.dumps(results["summary"], indent=1))
         if args.out:

@@ -243,6 +243,15 @@ def main() -> None:
         "SER_VAD_FRAGMENT_PAUSE_S (e.g. 0.3/0/0: no fragment rule), default threshold and pad",
     )
     parser.add_argument(
+        "--reach-backs",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="SECONDS",
+        help="also segment with each of these SER_VAD_REACH_BACK_S (0: no backward pass), "
+        "default threshold, pad and pause rules",
+    )
+    parser.add_argument(
         "--context",
         type=float,
         nargs="*",
@@ -323,6 +332,12 @@ def main() -> None:
         "by_pause_rule": {
             rule: measure(recordings, pause_rule(base, rule), edges, band_edges)
             for rule in args.pause_rules
+        },
+        "by_reach_back": {
+            str(seconds): measure(
+                recordings, replace(base, reach_back_s=seconds), edges, band_edges
+            )
+            for seconds in args.reach_backs
         },
     }
     if not args.segmentation_only:

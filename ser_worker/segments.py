@@ -5,9 +5,12 @@ onnxruntime) gives a speech probability per 32 ms frame; frames above the thresh
 and a run ends only where the probability stays below a lower one (hysteresis) for at least
 ``min_silence_s``: the short pauses inside a sentence do not split it. Nor does a longer pause
 (up to ``fragment_pause_s``) next to a run shorter than ``fragment_s``: a word broken off a
-sentence stays with it rather than becoming a segment too short to read emotion from. A run
-longer than the models' window is cut into overlapping windows, so no segment is longer than
-what the members were trained to read and no speech falls between two windows.
+sentence stays with it rather than becoming a segment too short to read emotion from. Silero
+hears some onsets late (loud, strongly voiced ones above all); heard backwards, from the speech
+into the pause before it, the same onset is often heard in time, so a run's start reaches back
+over the frames the backward pass calls speech (at most ``reach_back_s``). A run longer than the
+models' window is cut into overlapping windows, so no segment is longer than what the members
+were trained to read and no speech falls between two windows.
 
 The probabilities can be computed a chunk at a time (``SpeechDetector``), so a recording of hours
 is never held whole in memory.
@@ -47,15 +50,25 @@ class SegmentSettings:
     # longer than the pauses between some sentences (docs/RESULTS.md, "Timelines").
     fragment_s: float = 0.0
     fragment_pause_s: float = 0.0
+    # How far a run's start may reach back over frames the backward pass hears as speech (0: no
+    # backward pass). The onsets Silero hears late lie up to about a second in
+    # (docs/RESULTS.md, "Timelines").
+    reach_back_s: float = 0.0
 
     @property
     def horizon_s(self) -> float:
         """How far after a run later audio can still join something to it."""
         if not self.fragment_s:
-            return self.min_silence_s
-        # The next run starts within fragment_pause_s; whether it is a blip, a fragment or longer
-        # is known once that much of it is heard, or once it has ended for min_silence_s.
-        return self.fragment_pause_s + max(self.fragment_s, self.min_speech_s) + self.min_silence_s
+            return self.min_silence_s + self.reach_back_s
+        # The next run starts within fragment_pause_s (plus what its start reaches back);
+        # whether it is a blip, a fragment or longer is known once that much of it is heard, or
+        # once it has ended for min_silence_s.
+        return (
+            self.fragment_pause_s
+            + self.reach_back_s
+            + max(self.fragment_s, self.min_speech_s)
+            + self.min_silence_s
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> SegmentSettings:
@@ -69,6 +82,7 @@ class SegmentSettings:
             context_s=settings.segment_context_s,
             fragment_s=settings.vad_fragment_s,
             fragment_pause_s=settings.vad_fragment_pause_s,
+            reach_back_s=settings.vad_reach_back_s,
         )
 
 
@@ -106,12 +120,23 @@ def frame_probabilities(signal: np.ndarray) -> np.ndarray:
     return np.asarray(_vad_model()(padded), dtype=np.float32).reshape(-1)
 
 
+def backward_probabilities(signal: np.ndarray) -> np.ndarray:
+    """Silero's speech probability of each FRAME of `signal`, heard backwards (the signal
+    reversed, then the probabilities put back in time order): the same frames as
+    ``frame_probabilities``."""
+    y = np.asarray(signal, dtype=np.float32)
+    padded = np.pad(y, (0, -y.size % FRAME))
+    return frame_probabilities(padded[::-1])[::-1].copy()
+
+
 @dataclass
 class SpeechDetector:
-    """Speech probabilities of a recording fed a chunk at a time (any chunk sizes)."""
+    """Speech probabilities of a recording fed a chunk at a time (any chunk sizes); each chunk
+    is also heard backwards when the settings reach back."""
 
     settings: SegmentSettings
     _probabilities: list[np.ndarray] = field(default_factory=list)
+    _backward: list[np.ndarray] = field(default_factory=list)
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     n_samples: int = 0
 
@@ -120,17 +145,28 @@ class SpeechDetector:
         whole = y.size - y.size % FRAME
         if whole:
             self._probabilities.append(frame_probabilities(y[:whole]))
+            if self.settings.reach_back_s:
+                self._backward.append(backward_probabilities(y[:whole]))
         self._carry = y[whole:]
         self.n_samples += len(chunk)
 
+    def _heard(self, tail: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(forward, backward or None) probabilities of what was fed, with the unfinished last
+        frame when `tail`."""
+        forward, backward = list(self._probabilities), list(self._backward)
+        if tail and self._carry.size:
+            forward.append(frame_probabilities(self._carry))
+            if self.settings.reach_back_s:
+                backward.append(backward_probabilities(self._carry))
+        empty = np.zeros(0, np.float32)
+        joined = np.concatenate(forward) if forward else empty
+        if not self.settings.reach_back_s:
+            return joined, None
+        return joined, np.concatenate(backward) if backward else empty
+
     def segments(self) -> list[Segment]:
-        tail = [frame_probabilities(self._carry)] if self._carry.size else []
-        probabilities = (
-            np.concatenate([*self._probabilities, *tail])
-            if (self._probabilities or tail)
-            else np.zeros(0, np.float32)
-        )
-        return segments_from_probabilities(probabilities, self.n_samples, self.settings)
+        forward, backward = self._heard(tail=True)
+        return segments_from_probabilities(forward, self.n_samples, self.settings, backward)
 
     def settled(self) -> list[Segment]:
         """The segments no later audio can change, in order: a prefix of what ``segments`` will
@@ -139,10 +175,10 @@ class SpeechDetector:
         pause is ``horizon_s``, which a fragment can bridge."""
         if not self._probabilities:
             return []
-        probabilities = np.concatenate(self._probabilities)
+        probabilities, backward = self._heard(tail=False)
         fed_s = probabilities.size * FRAME_S
         found = segments_from_probabilities(
-            probabilities, probabilities.size * FRAME, self.settings
+            probabilities, probabilities.size * FRAME, self.settings, backward
         )
         reach = self.settings.pad_s + max(self.settings.pad_s, self.settings.context_s)
         cutoff = fed_s - (self.settings.horizon_s + 2 * reach + 2 * FRAME_S)
@@ -170,12 +206,18 @@ def speech_segments(
 
 
 def segments_from_probabilities(
-    probabilities: np.ndarray, n_samples: int, settings: SegmentSettings
+    probabilities: np.ndarray,
+    n_samples: int,
+    settings: SegmentSettings,
+    backward: np.ndarray | None = None,
 ) -> list[Segment]:
-    """Speech runs (hysteresis, short pauses bridged, padded), then windows of the long ones,
-    each with the span its models read (`Segment.context`)."""
+    """Speech runs (hysteresis, starts reaching back over what `backward` hears, short pauses
+    bridged, padded), then windows of the long ones, each with the span its models read
+    (`Segment.context`)."""
     duration_s = n_samples / SAMPLE_RATE
     runs = _speech_runs(probabilities, settings)
+    if backward is not None and settings.reach_back_s:
+        runs = _reach_back(runs, backward, settings)
     runs = _bridge(runs, settings)
     segments: list[Segment] = []
     padded = _pad(runs, settings.pad_s, duration_s)
@@ -207,6 +249,23 @@ def _speech_runs(probabilities: np.ndarray, settings: SegmentSettings) -> list[t
     if start is not None:
         runs.append((start * FRAME_S, len(probabilities) * FRAME_S))
     return runs
+
+
+def _reach_back(
+    runs: list[tuple[float, float]], backward: np.ndarray, settings: SegmentSettings
+) -> list[tuple[float, float]]:
+    """Each run's start moved back over the frames just before it that the backward pass hears
+    as speech (above the threshold), at most reach_back_s and never into the run before."""
+    reached, previous_end = [], 0.0
+    limit = int(round(settings.reach_back_s / FRAME_S))
+    for start_s, end_s in runs:
+        start = round(start_s / FRAME_S)
+        floor = max(start - limit, round(previous_end / FRAME_S))
+        while start > floor and backward[start - 1] >= settings.threshold:
+            start -= 1
+        reached.append((start * FRAME_S, end_s))
+        previous_end = end_s
+    return reached
 
 
 def _bridge(

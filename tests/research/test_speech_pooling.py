@@ -19,7 +19,7 @@ def test_speech_weights_map_detector_frames_onto_encoder_frames_and_widen_by_the
     signal = np.zeros(20 * FRAME, np.float32)
     encoder_frames = int(20 * FRAME / 16000 / ENCODER_FRAME_S)
 
-    hard, soft = speech_pooling.speech_weights(signal, encoder_frames, 0.35, pad_s=0.064)
+    hard, soft, rest = speech_pooling.speech_weights(signal, encoder_frames, 0.35, pad_s=0.064)
 
     assert hard.shape == soft.shape == (encoder_frames,)
     times = (np.arange(encoder_frames) + 0.5) * ENCODER_FRAME_S
@@ -27,3 +27,6 @@ def test_speech_weights_map_detector_frames_onto_encoder_frames_and_widen_by_the
     assert np.array_equal(hard, (times >= 0.192) & (times < 0.448))
     assert np.allclose(soft[(times >= 0.256) & (times < 0.384)], 0.9 + SOFT_FLOOR)
     assert np.allclose(soft[times < 0.192], SOFT_FLOOR)
+    # The rest weights are the complement: what the recording holds around the voice.
+    assert np.allclose(rest[(times >= 0.256) & (times < 0.384)], 0.1 + SOFT_FLOOR)
+    assert np.allclose(rest[times < 0.192], 1.0 + SOFT_FLOOR)

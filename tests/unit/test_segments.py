@@ -80,6 +80,48 @@ def test_a_click_does_not_join_the_sentences_around_it():
     assert len(found) == 2
 
 
+def test_a_start_reaches_back_over_what_the_backward_pass_hears_as_speech():
+    reaching = replace(SETTINGS, reach_back_s=1.0)
+    forward = _frames((1, 0.0), (1.5, 0.9), (0.6, 0.0), (2.0, 0.0), (1.5, 0.9), (1, 0.0))
+    # Heard backwards, the second run's onset is heard 1.5 s earlier, into its pause.
+    backward = _frames((1, 0.0), (1.5, 0.9), (0.6, 0.0), (0.5, 0.0), (3.0, 0.9), (1, 0.0))
+    n = len(forward) * FRAME
+    plain = segments_from_probabilities(forward, n, SETTINGS)
+    found = segments_from_probabilities(forward, n, reaching, backward)
+    assert [s.start_s for s in plain] == pytest.approx([0.9, 5.0], abs=0.05)
+    # The first run's start does not move (the frames before it are not speech either way); the
+    # second reaches back its limit, 1 s, not the 1.5 s the backward pass hears.
+    assert [s.start_s for s in found] == pytest.approx([0.9, 4.0], abs=0.05)
+    assert [s.end_s for s in found] == [s.end_s for s in plain]
+    assert segments_from_probabilities(forward, n, SETTINGS, backward) == plain  # 0: off
+
+
+def test_a_start_never_reaches_back_into_the_run_before():
+    reaching = replace(SETTINGS, reach_back_s=1.0)
+    forward = _frames((1, 0.0), (1.5, 0.9), (0.6, 0.0), (1.5, 0.9), (1, 0.0))
+    backward = _frames((1, 0.0), (1.5, 0.9), (0.6, 0.9), (1.5, 0.9), (1, 0.0))
+    n = len(forward) * FRAME
+    # The pause is reached over whole: the two runs become one, as runs closer than
+    # min_silence_s do, and nothing starts before the first run's own start.
+    found = segments_from_probabilities(forward, n, reaching, backward)
+    assert len(found) == 1 and found[0].start_s == pytest.approx(0.9, abs=0.05)
+
+
+def test_the_backward_pass_hears_real_speech_and_keeps_the_frames_in_time_order():
+    clip = load_dataset(TEST_DATA).clips[0]
+    from ser_worker.audio import load_audio
+
+    y = load_audio(clip.path, trim=False)
+    forward = segments.frame_probabilities(y)
+    backward = segments.backward_probabilities(y)
+    assert backward.shape == forward.shape
+    speech, quiet = forward > 0.9, forward < 0.05
+    assert speech.sum() > 20 and quiet.sum() > 5
+    # Both directions hear the same voice, and the same quiet around it.
+    assert np.mean(backward[speech] > 0.5) > 0.9
+    assert np.mean(backward[quiet] < 0.5) > 0.8
+
+
 def test_blips_shorter_than_a_clip_are_not_segments():
     assert _segments(_frames((1, 0.0), (0.1, 0.9), (1, 0.0))) == []
 
@@ -188,20 +230,37 @@ def test_settled_segments_are_a_prefix_of_the_final_ones(context_s, settings):
         assert [s.read_span for s in final[: len(settled)]] == [s.read_span for s in settled]
 
 
+@pytest.mark.parametrize("rules", [SETTINGS, FRAGMENTS], ids=["pauses", "fragments"])
+@pytest.mark.parametrize("reach_back_s", [0.0, 1.0])
 @pytest.mark.parametrize("context_s", [0.0, 0.5])
 @pytest.mark.parametrize("seed", range(8))
-def test_settled_segments_never_change_whatever_speech_follows(monkeypatch, seed, context_s):
-    """Speech, fragments, clicks and pauses of lengths either side of every limit, fed in chunks
-    of any size: no later audio changes a settled segment."""
-    # Each frame's samples hold the probability the detector is to give it.
-    monkeypatch.setattr(segments, "frame_probabilities", lambda y: y.reshape(-1, FRAME).mean(1))
+def test_settled_segments_never_change_whatever_speech_follows(
+    monkeypatch, seed, context_s, reach_back_s, rules
+):
+    """Speech, fragments, clicks and pauses of lengths either side of every limit, and onsets
+    the backward pass hears up to 1.5 s early, fed in chunks of any size: no later audio changes
+    a settled segment."""
+    # Each frame's first sample holds the probability the detector is to give it, its last the
+    # one the backward pass is to give it.
+    monkeypatch.setattr(segments, "frame_probabilities", lambda y: y.reshape(-1, FRAME)[:, 0])
+    monkeypatch.setattr(segments, "backward_probabilities", lambda y: y.reshape(-1, FRAME)[:, -1])
     rng = np.random.default_rng(seed)
     pieces = []
     for _ in range(40):
         pieces.append((rng.choice([0.2, 0.35, 0.6, 0.95, 1.1, 1.6, 2.5]), 0.05))
         pieces.append((rng.choice([0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.5, 3.0, 8.0]), 0.9))
-    signal = np.repeat(_frames(*pieces), FRAME)
-    settings = replace(FRAGMENTS, context_s=context_s)
+    forward = _frames(*pieces)
+    backward = forward.copy()
+    onsets = np.flatnonzero((forward[1:] > 0.5) & (forward[:-1] < 0.5)) + 1
+    for onset in onsets:
+        heard = round(rng.choice([0.0, 0.3, 0.8, 1.5]) / FRAME_S)
+        backward[max(onset - heard, 0) : onset] = 0.9
+    assert forward.size == backward.size
+    signal = np.concatenate(
+        [np.repeat(forward[:, None], FRAME // 2, 1), np.repeat(backward[:, None], FRAME // 2, 1)],
+        axis=1,
+    ).reshape(-1)
+    settings = replace(rules, context_s=context_s, reach_back_s=reach_back_s)
     detector = SpeechDetector(settings)
     start, seen = 0, []
     while start < signal.size:
@@ -210,7 +269,9 @@ def test_settled_segments_never_change_whatever_speech_follows(monkeypatch, seed
         start += step
         seen.append(detector.settled())
     final = detector.segments()
-    assert final == segments_from_probabilities(_frames(*pieces), signal.size, settings)
+    assert final == segments_from_probabilities(forward, signal.size, settings, backward)
+    if reach_back_s:  # the backward pass moved starts
+        assert final != segments_from_probabilities(forward, signal.size, settings)
     for settled in seen:
         assert final[: len(settled)] == settled
         assert [s.read_span for s in final[: len(settled)]] == [s.read_span for s in settled]
