@@ -33,6 +33,8 @@ DEV = frozenset(f"ravdess:{actor:02d}" for actor in range(1, 15))
 # Dev actor 06's strongly angry renditions (RAVDESS emotion 05, intensity 02).
 SHOUTED = tuple(f"ravdess/Actor_06/03-01-05-02-0{s}-0{r}-06.flac" for s in (1, 2) for r in (1, 2))
 SHOWN = 3
+# The reach measured in docs/RESULTS.md ("Silero heard backwards"); the default is 0 (off).
+REACH_BACK_S = 1.0
 
 
 def heard(signal: np.ndarray, settings):
@@ -108,7 +110,7 @@ def plot(data: Path, out: Path) -> None:
 
     from ser_worker.segments import SegmentSettings
 
-    settings = SegmentSettings.from_settings()
+    settings = replace(SegmentSettings.from_settings(), reach_back_s=REACH_BACK_S)
     moved = moved_starts(data, settings)
     fig = plt.figure(figsize=(13, 7))
     grid = fig.add_gridspec(2, max(len(moved), 1))
