@@ -7,8 +7,9 @@ and a run ends only where the probability stays below a lower one (hysteresis) f
 (up to ``fragment_pause_s``) next to a run shorter than ``fragment_s``: a word broken off a
 sentence stays with it rather than becoming a segment too short to read emotion from. Silero
 hears some onsets late (loud, strongly voiced ones above all); heard backwards, from the speech
-into the pause before it, the same onset is often heard in time, so a run's start reaches back
-over the frames the backward pass calls speech (at most ``reach_back_s``). A run longer than the
+into the pause before it, the same onset is often heard in time, so with ``reach_back_s`` set
+(off by default: it cost segment accuracy on validation actors) a run's start reaches back over
+the frames the backward pass calls speech. A run longer than the
 models' window is cut into overlapping windows, so no segment is longer than what the members
 were trained to read and no speech falls between two windows.
 
