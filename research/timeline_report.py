@@ -151,7 +151,27 @@ def measure(recordings, settings, edges, band_edges) -> dict:
         "speech_boundary_error_p90_s": float(np.quantile(speech_errors, 0.9)),
         "speech_boundaries_within_0.3s": float(np.mean(speech_errors <= 0.3)),
         **error_summary(band_errors, "voice_band_boundary"),
+        # Starts and ends apart (edge_errors gives them in that order).
+        **error_summary(band_errors[0::2], "voice_band_start"),
+        **error_summary(band_errors[1::2], "voice_band_end"),
         "vad_seconds_per_audio_hour": seconds / audio_s * 3600,
+    }
+
+
+def read_spans_kept(recordings, settings) -> dict:
+    """What the backward pass changes in what the models read: the share of the segments found
+    without it whose read span is still read, and how many segments there are either way (a
+    shout the forward pass hears too briefly only becomes one with it)."""
+    kept, found_n, plain_n = [], 0, 0
+    for signal, _ in recordings:
+        found = {s.read_span for s in segment(signal, settings)}
+        plain = [s.read_span for s in segment(signal, replace(settings, reach_back_s=0.0))]
+        kept += [span in found for span in plain]
+        found_n, plain_n = found_n + len(found), plain_n + len(plain)
+    return {
+        "read_spans_kept": float(np.mean(kept)),
+        "segments": found_n,
+        "segments_without": plain_n,
     }
 
 
@@ -334,9 +354,10 @@ def main() -> None:
             for rule in args.pause_rules
         },
         "by_reach_back": {
-            str(seconds): measure(
-                recordings, replace(base, reach_back_s=seconds), edges, band_edges
-            )
+            str(seconds): {
+                **measure(recordings, replace(base, reach_back_s=seconds), edges, band_edges),
+                **read_spans_kept(recordings, replace(base, reach_back_s=seconds)),
+            }
             for seconds in args.reach_backs
         },
     }

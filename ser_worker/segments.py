@@ -8,8 +8,9 @@ and a run ends only where the probability stays below a lower one (hysteresis) f
 sentence stays with it rather than becoming a segment too short to read emotion from. Silero
 hears some onsets late (loud, strongly voiced ones above all); heard backwards, from the speech
 into the pause before it, the same onset is often heard in time, so with ``reach_back_s`` set
-(off by default: it cost segment accuracy on validation actors) a run's start reaches back over
-the frames the backward pass calls speech. A run longer than the
+the start a timeline reports reaches back over the frames the backward pass calls speech. What
+the models read stays the forward pass's span: reading the reached-back audio cost segment
+accuracy on validation actors (docs/RESULTS.md, "Timelines"). A run longer than the
 models' window is cut into overlapping windows, so no segment is longer than what the members
 were trained to read and no speech falls between two windows.
 
@@ -30,6 +31,10 @@ from ser_worker.labels import SAMPLE_RATE
 # Silero VAD's frame at 16 kHz: it scores 512 samples at a time.
 FRAME = 512
 FRAME_S = FRAME / SAMPLE_RATE
+
+# A speech run: (start_s, end_s, where the forward pass heard it start); the start reaches back
+# over what the backward pass hears, what the models read begins at the forward start.
+Run = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -214,25 +219,26 @@ def segments_from_probabilities(
 ) -> list[Segment]:
     """Speech runs (hysteresis, starts reaching back over what `backward` hears, short pauses
     bridged, padded), then windows of the long ones, each with the span its models read
-    (`Segment.context`)."""
+    (`Segment.context`): that span starts where the forward pass heard the run start."""
     duration_s = n_samples / SAMPLE_RATE
-    runs = _speech_runs(probabilities, settings)
+    runs = [(start, end, start) for start, end in _speech_runs(probabilities, settings)]
     if backward is not None and settings.reach_back_s:
         runs = _reach_back(runs, backward, settings)
     runs = _bridge(runs, settings)
+    shown = _pad([(start, end) for start, end, _ in runs], settings.pad_s, duration_s)
+    read = _pad([(heard, end) for _, end, heard in runs], settings.pad_s, duration_s)
     segments: list[Segment] = []
-    padded = _pad(runs, settings.pad_s, duration_s)
-    for (start, end), (before, after) in zip(
-        padded, _pad(padded, settings.context_s, duration_s), strict=True
+    for (first, last), (start, end), (before, after) in zip(
+        shown, read, _pad(read, settings.context_s, duration_s), strict=True
     ):
         windows = _windows(start, end, settings)
         # The run's outer edges reach into the pauses around it; its inner windows' edges lie
         # in speech that the neighbouring window reads.
         spans = [[w.start_s, w.end_s] for w in windows]
         spans[0][0], spans[-1][1] = round(before, 3), round(after, 3)
-        segments.extend(
-            Segment(w.start_s, w.end_s, (a, b)) for w, (a, b) in zip(windows, spans, strict=True)
-        )
+        bounds = [[w.start_s, w.end_s] for w in windows]
+        bounds[0][0], bounds[-1][1] = round(first, 3), round(last, 3)
+        segments.extend(Segment(a, b, (c, d)) for (a, b), (c, d) in zip(bounds, spans, strict=True))
     return segments
 
 
@@ -252,49 +258,46 @@ def _speech_runs(probabilities: np.ndarray, settings: SegmentSettings) -> list[t
     return runs
 
 
-def _reach_back(
-    runs: list[tuple[float, float]], backward: np.ndarray, settings: SegmentSettings
-) -> list[tuple[float, float]]:
+def _reach_back(runs: list[Run], backward: np.ndarray, settings: SegmentSettings) -> list[Run]:
     """Each run's start moved back over the frames just before it that the backward pass hears
-    as speech (above the threshold), at most reach_back_s and never into the run before."""
+    as speech (above the threshold), at most reach_back_s and never into the run before; where
+    the forward pass heard it start is kept."""
     reached, previous_end = [], 0.0
     limit = int(round(settings.reach_back_s / FRAME_S))
-    for start_s, end_s in runs:
+    for start_s, end_s, heard_s in runs:
         start = round(start_s / FRAME_S)
         floor = max(start - limit, round(previous_end / FRAME_S))
         while start > floor and backward[start - 1] >= settings.threshold:
             start -= 1
-        reached.append((start * FRAME_S, end_s))
+        reached.append((start * FRAME_S, end_s, heard_s))
         previous_end = end_s
     return reached
 
 
-def _bridge(
-    runs: list[tuple[float, float]], settings: SegmentSettings
-) -> list[tuple[float, float]]:
+def _bridge(runs: list[Run], settings: SegmentSettings) -> list[Run]:
     """Runs joined across short pauses; blips too short to be a clip dropped (a click is not a
     fragment of speech); then runs joined across the longer pauses next to a fragment. Each pause
     is judged by the two runs beside it alone, so later audio changes only the runs near it
     (SpeechDetector.settled)."""
 
-    def short_pause(before, after) -> bool:
+    def short_pause(before: Run, after: Run) -> bool:
         return after[0] - before[1] < settings.min_silence_s
 
-    def beside_a_fragment(before, after) -> bool:
+    def beside_a_fragment(before: Run, after: Run) -> bool:
         shortest = min(before[1] - before[0], after[1] - after[0])
         return after[0] - before[1] < settings.fragment_pause_s and shortest < settings.fragment_s
 
     runs = _join(runs, short_pause)
-    runs = [(start, end) for start, end in runs if end - start >= settings.min_speech_s]
+    runs = [run for run in runs if run[1] - run[0] >= settings.min_speech_s]
     return _join(runs, beside_a_fragment)
 
 
-def _join(runs: list[tuple[float, float]], joined) -> list[tuple[float, float]]:
+def _join(runs: list[Run], joined) -> list[Run]:
     """Consecutive runs merged wherever joined(run, next run) holds."""
-    merged: list[tuple[float, float]] = []
+    merged: list[Run] = []
     for i, run in enumerate(runs):
         if merged and joined(runs[i - 1], run):
-            merged[-1] = (merged[-1][0], run[1])
+            merged[-1] = (merged[-1][0], run[1], merged[-1][2])
         else:
             merged.append(run)
     return merged
