@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.harness import BIN, REPO, Worker, child_env, flush_redis, scratch_database
 from benchmarks.memory import child_pids, cpu_seconds
 from benchmarks.recordings import join_clips, wav_bytes
-from ser_worker.config import get_settings
+from ser_worker.config import Settings
 from ser_worker.labels import SAMPLE_RATE
 
 
@@ -164,9 +164,12 @@ def main() -> None:
             result["runs"] = [run for pair in pairs for run in pair]
             result["speedup_2_vs_1"] = statistics.median(ratios)
             result["speedups"] = ratios
-    # What the workers ran with: the flag, or the shipped setting they read from the environment.
+    # What the workers ran with: the flag, or the shipped default (child_env passes them no other
+    # SER_ setting, so this process's environment does not reach them).
     result["reach_back_s"] = (
-        args.reach_back if args.reach_back is not None else get_settings().vad_reach_back_s
+        args.reach_back
+        if args.reach_back is not None
+        else Settings.model_fields["vad_reach_back_s"].default
     )
     result["cpus"] = os.cpu_count()
     result["load_average"] = os.getloadavg()

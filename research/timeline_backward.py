@@ -33,7 +33,8 @@ DEV = frozenset(f"ravdess:{actor:02d}" for actor in range(1, 15))
 # Dev actor 06's strongly angry renditions (RAVDESS emotion 05, intensity 02).
 SHOUTED = tuple(f"ravdess/Actor_06/03-01-05-02-0{s}-0{r}-06.flac" for s in (1, 2) for r in (1, 2))
 SHOWN = 3
-# The reach measured in docs/RESULTS.md ("Silero heard backwards"); the default is 0 (off).
+# The reach measured in docs/RESULTS.md ("Silero heard backwards"), the shipped default too; set
+# here so that a SER_VAD_REACH_BACK_S in the environment does not change the figure.
 REACH_BACK_S = 1.0
 
 

@@ -164,9 +164,9 @@ def read_spans_kept(recordings, settings) -> dict:
     shout the forward pass hears too briefly only becomes one with it)."""
     kept, found_n, plain_n = [], 0, 0
     for signal, _ in recordings:
-        found = {s.read_span for s in segment(signal, settings)}
+        found = [s.read_span for s in segment(signal, settings)]
         plain = [s.read_span for s in segment(signal, replace(settings, reach_back_s=0.0))]
-        kept += [span in found for span in plain]
+        kept += [span in set(found) for span in plain]
         found_n, plain_n = found_n + len(found), plain_n + len(plain)
     return {
         "read_spans_kept": float(np.mean(kept)),

@@ -232,14 +232,20 @@ def segments_from_probabilities(
         shown, read, _pad(read, settings.context_s, duration_s), strict=True
     ):
         windows = _windows(start, end, settings)
-        # The run's outer edges reach into the pauses around it; its inner windows' edges lie
-        # in speech that the neighbouring window reads.
-        spans = [[w.start_s, w.end_s] for w in windows]
-        spans[0][0], spans[-1][1] = round(before, 3), round(after, 3)
-        bounds = [[w.start_s, w.end_s] for w in windows]
-        bounds[0][0], bounds[-1][1] = round(first, 3), round(last, 3)
-        segments.extend(Segment(a, b, (c, d)) for (a, b), (c, d) in zip(bounds, spans, strict=True))
+        shown_edges = _outer_edges(windows, first, last)
+        read_edges = _outer_edges(windows, before, after)
+        segments.extend(
+            Segment(a, b, (c, d)) for (a, b), (c, d) in zip(shown_edges, read_edges, strict=True)
+        )
     return segments
+
+
+def _outer_edges(windows: list[Segment], first_s: float, last_s: float) -> list[list[float]]:
+    """The windows' [start, end], the first's start and the last's end moved to the run's own
+    edges: its inner windows' edges lie in speech that the neighbouring window reads."""
+    edges = [[w.start_s, w.end_s] for w in windows]
+    edges[0][0], edges[-1][1] = round(first_s, 3), round(last_s, 3)
+    return edges
 
 
 def _speech_runs(probabilities: np.ndarray, settings: SegmentSettings) -> list[tuple[float, float]]:

@@ -163,8 +163,9 @@ def test_real_clips_joined_with_pauses_are_found_one_segment_each():
 
 
 def test_on_real_clips_the_backward_pass_moves_reported_starts_and_nothing_the_models_read():
-    """As shipped, starts reach back; the segments and every span the models read are the
-    forward pass's (reading the reached-back audio cost segment accuracy, docs/RESULTS.md)."""
+    """As shipped, starts reach back; on these clips the segments and every span the models read
+    are the forward pass's (reading the reached-back audio cost segment accuracy,
+    docs/RESULTS.md). Where reaching back joins two runs or keeps a blip, the runs differ."""
     shipped = SegmentSettings.from_settings()
     assert shipped.reach_back_s > 0
     dataset = load_dataset(TEST_DATA)
